@@ -1,0 +1,162 @@
+"""The one error tree of continuum-celery.
+
+::
+
+    ContinuumError
+    ├── ConfigurationError            settings or environment are wrong
+    │   └── SchemaNotMigrated         the database lacks the tables: run `continuum migrate`
+    ├── InvalidArgument (ValueError)  bad input at a call site; nothing was written
+    │   └── PayloadError (TypeError)  a value is not JSON-serialisable or is too large
+    ├── DefinitionError               a @workflow / @activity cannot be defined as written
+    ├── UnknownWorkflow               no workflow of that name is loaded
+    ├── UnknownVersion                the run's version hash is not loaded in this worker
+    ├── RunNotFound                   no run with that id
+    ├── RunConflict                   a run id is already used with other arguments
+    ├── RunFinished                   the run is terminal; it takes no signal or cancel
+    ├── JournalError                  the journal refused a write
+    │   └── LeaseLost                 the caller's fencing token is stale; nothing was written
+    ├── NondeterminismError           the code no longer reproduces the run's history
+    ├── WorkflowFailed                client side: the run ended failed / cancelled
+    └── WorkflowError                 raised inside a workflow body
+        ├── ActivityFailed            an activity exhausted its retries
+        ├── SignalTimeout             wait_signal(timeout=...) elapsed
+        ├── ChildFailed               a child run failed
+        ├── ChildCancelled            a child run was cancelled
+        └── RunCancelled              the run was asked to stop
+
+Every error keeps its structured fields as attributes and pickles by keyword
+arguments, so it survives a trip through Celery's result backend or a
+``multiprocessing`` boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ContinuumError(Exception):
+    """Root of every error raised by continuum-celery."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.fields))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[ContinuumError], message: str, fields: dict[str, Any]) -> ContinuumError:
+    err = cls.__new__(cls)
+    ContinuumError.__init__(err, message, **fields)
+    return err
+
+
+class ConfigurationError(ContinuumError):
+    """Settings or the environment are wrong (a missing URL, an unreachable server)."""
+
+
+class SchemaNotMigrated(ConfigurationError):
+    """The journal database lacks continuum tables or is behind the code's migrations."""
+
+
+class InvalidArgument(ContinuumError, ValueError):
+    """A call received a value it cannot use; nothing was written."""
+
+
+class PayloadError(InvalidArgument, TypeError):
+    """A workflow input, activity argument, result or signal payload is not plain JSON."""
+
+
+class DefinitionError(ContinuumError):
+    """A @workflow or @activity cannot be defined as written (bad signature, duplicate name)."""
+
+
+class UnknownWorkflow(ContinuumError):
+    """No workflow of that name is registered in this process."""
+
+
+class UnknownVersion(ContinuumError):
+    """The run's (workflow, version_hash) is not loaded in this process."""
+
+
+class RunNotFound(ContinuumError):
+    """No run exists with that id."""
+
+
+class RunConflict(ContinuumError):
+    """The run id already names a run with a different workflow or input."""
+
+
+class RunFinished(ContinuumError):
+    """The run is in a terminal state; it accepts no signal, cancel or retry."""
+
+
+class JournalError(ContinuumError):
+    """The journal refused a write."""
+
+
+class LeaseLost(JournalError):
+    """The run's lease moved on (a newer fencing token exists); the write was not applied."""
+
+
+class NondeterminismError(ContinuumError):
+    """Replaying the code did not reproduce the run's history."""
+
+
+class WorkflowFailed(ContinuumError):
+    """Client side: the awaited run ended ``failed`` or ``cancelled``."""
+
+
+class WorkflowError(ContinuumError):
+    """Base of errors raised inside a workflow body; a workflow may catch them."""
+
+
+class ActivityFailed(WorkflowError):
+    """An activity failed on its last attempt (or with a non-retryable error)."""
+
+
+class SignalTimeout(WorkflowError):
+    """``ctx.wait_signal(name, timeout=...)`` elapsed before the signal arrived."""
+
+
+class ChildFailed(WorkflowError):
+    """A child workflow run ended ``failed``."""
+
+
+class ChildCancelled(WorkflowError):
+    """A child workflow run ended ``cancelled``."""
+
+
+class RunCancelled(WorkflowError):
+    """The run was cancelled; raised at the workflow's next blocking call."""
+
+
+__all__ = [
+    "ActivityFailed",
+    "ChildCancelled",
+    "ChildFailed",
+    "ConfigurationError",
+    "ContinuumError",
+    "DefinitionError",
+    "InvalidArgument",
+    "JournalError",
+    "LeaseLost",
+    "NondeterminismError",
+    "PayloadError",
+    "RunCancelled",
+    "RunConflict",
+    "RunFinished",
+    "RunNotFound",
+    "SchemaNotMigrated",
+    "SignalTimeout",
+    "UnknownVersion",
+    "UnknownWorkflow",
+    "WorkflowError",
+    "WorkflowFailed",
+]
