@@ -1,0 +1,335 @@
+"""Workflow versions: a hash of each body, and the registry of loaded versions.
+
+A run is pinned to the code it started on. ``version_hash(fn, version)``
+fingerprints the *meaning* of a workflow body, so that:
+
+* formatting, comments and docstrings do not change the hash;
+* any change of a token (a constant, an operator, a called name) does;
+* renaming the function does not, so an old body can be archived as
+  ``order_flow_v1`` next to the new ``order_flow`` and still serve the runs
+  that started on it;
+* the declared ``version`` number is part of the hash.
+
+The :class:`Registry` maps ``(workflow name, version_hash)`` to a loaded
+definition. Several versions of one workflow are loaded side by side: new runs
+use :meth:`Registry.current`, resumed runs look up the exact hash they started
+on with :meth:`Registry.get`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import threading
+import types
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from continuum_celery.errors import DefinitionError, UnknownVersion, UnknownWorkflow
+
+HASH_LENGTH = 16
+"""Hex characters kept from the sha256 digest (64 bits)."""
+
+_FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
+_DOCSTRING_OWNERS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_DOCSTRING_PLACEHOLDER = "<docstring>"
+_PLAIN_CONSTANTS = (bool, int, float, complex, str, bytes)
+
+
+def version_hash(fn: Callable[..., Any], version: int) -> str:
+    """Return the version hash of a workflow body.
+
+    The source of ``fn`` (unwrapped through ``__wrapped__``) is parsed with
+    :mod:`ast`; the function's decorators, its own name and every docstring
+    (its own and those of nested functions and classes) are removed, and the
+    remaining tree is dumped without positions. The hash is the first
+    :data:`HASH_LENGTH` hex characters of ``sha256(f"{version}\\0{dump}")``.
+
+    When the source cannot be read (a function built with ``exec``, or
+    shipped without its ``.py`` file), the code object is hashed instead: its
+    bytecode, constants (nested code objects included), names and signature
+    counts. That fallback is stricter than the source path: bytecode differs
+    between Python minor versions, and adding or removing a docstring shifts
+    constant indices, so both change the hash. Changing a docstring's text
+    does not.
+
+    Call it when the function is defined: the source is read through
+    :mod:`linecache`, so an edit to the file after import would be seen.
+
+    Args:
+        fn: the workflow body.
+        version: the declared ``version=`` number.
+
+    Returns:
+        16 lowercase hex characters.
+
+    Raises:
+        DefinitionError: ``fn`` is neither a function with readable source
+            nor an object with a code object (a ``functools.partial``, a
+            builtin).
+    """
+    target = inspect.unwrap(fn)
+    node = _function_node(target)
+    if node is not None:
+        fingerprint = _canonical_dump(_normalise(node))
+    else:
+        code = getattr(target, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            raise DefinitionError(
+                f"cannot compute a version hash for {_place(fn)}: it has no readable "
+                "source and no code object. Decorate a plain `def` or `async def`.",
+                target=_place(fn),
+            )
+        fingerprint = "code:" + _code_fingerprint(code, doc=target.__doc__, nested=False)
+    payload = f"{version}\0{fingerprint}".encode()
+    return hashlib.sha256(payload).hexdigest()[:HASH_LENGTH]
+
+
+def _function_node(fn: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """Parse ``fn``'s source and return its def node, or None if unavailable."""
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return None
+    # An indented def (a method, a nested function) is parsed inside a dummy
+    # block instead of being dedented: textwrap.dedent would also rewrite the
+    # contents of multi-line string literals, and fails on those that reach
+    # column 0.
+    wrapped = source[:1].isspace()
+    try:
+        tree = ast.parse("if True:\n" + source if wrapped else source)
+    except SyntaxError:
+        return None
+    body = tree.body[0].body if wrapped and isinstance(tree.body[0], ast.If) else tree.body
+    first = body[0] if body else None
+    # A lambda's "source" is the statement that contains it; hash its code instead.
+    code_name = getattr(getattr(fn, "__code__", None), "co_name", None)
+    if isinstance(first, _FUNCTION_NODES) and first.name == code_name:
+        return first
+    return None
+
+
+def _normalise(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+    """Strip what does not change behaviour: decorators, own name, docstrings."""
+    node.decorator_list = []
+    node.name = ""
+    for owner in ast.walk(node):
+        if isinstance(owner, _DOCSTRING_OWNERS) and _has_docstring(owner.body):
+            owner.body = owner.body[1:]
+    return node
+
+
+def _has_docstring(body: list[ast.stmt]) -> bool:
+    first = body[0] if body else None
+    return (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
+
+
+def _canonical_dump(node: object) -> str:
+    """Dump an AST like ``ast.dump(include_attributes=False)``, stable across Pythons.
+
+    ``ast.dump``'s text changed in Python 3.13 (empty fields are omitted) and
+    again in 3.13 patch releases, which would give one body different hashes on
+    workers running different interpreters during a rolling deploy. This dump
+    always omits ``None`` and empty-list fields and nothing else.
+    """
+    if isinstance(node, ast.AST):
+        fields = []
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if value is None or (isinstance(value, list) and not value):
+                continue
+            fields.append(f"{name}={_canonical_dump(value)}")
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ", ".join(_canonical_dump(item) for item in node) + "]"
+    return repr(node)
+
+
+def _code_fingerprint(code: types.CodeType, *, doc: object, nested: bool) -> str:
+    """Fingerprint a code object without its (top-level) name or docstring text."""
+    consts: list[object] = list(code.co_consts)
+    if isinstance(doc, str) and consts and consts[0] == doc:
+        consts[0] = _DOCSTRING_PLACEHOLDER
+    parts = [
+        code.co_name if nested else "",
+        code.co_code.hex(),
+        _stable_repr(tuple(consts)),
+        repr(code.co_names),
+        repr(code.co_varnames),
+        repr(code.co_freevars),
+        repr(code.co_cellvars),
+        repr((code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount)),
+    ]
+    return "|".join(parts)
+
+
+def _stable_repr(value: object) -> str:
+    """A repr that does not depend on memory addresses or hash randomisation."""
+    if isinstance(value, types.CodeType):
+        return "<code " + _code_fingerprint(value, doc=None, nested=True) + ">"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_stable_repr(item) for item in value) + ",)"
+    if isinstance(value, frozenset):
+        # Set iteration order follows string hashes, which vary per process.
+        return "frozenset({" + ", ".join(sorted(_stable_repr(item) for item in value)) + "})"
+    if value is None or value is Ellipsis or isinstance(value, _PLAIN_CONSTANTS):
+        return repr(value)
+    return f"<{type(value).__qualname__}>"
+
+
+class VersionedDefinition(Protocol):
+    """What the registry needs from a workflow definition.
+
+    Read-only properties, so frozen dataclasses and plain objects both fit.
+    """
+
+    @property
+    def name(self) -> str:
+        """The logical workflow name, shared by all its versions."""
+
+    @property
+    def version(self) -> int:
+        """The declared version number; the highest one serves new runs."""
+
+    @property
+    def version_hash(self) -> str:
+        """``version_hash(fn, version)``: what a run is pinned to."""
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The workflow body."""
+
+
+class Registry:
+    """The workflow versions loaded in this process.
+
+    Writers take a lock and publish fresh dictionaries (copy on write), so
+    lookups, which run for every replay, are plain dict reads without locking.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str], VersionedDefinition] = {}
+        self._by_name: dict[str, tuple[VersionedDefinition, ...]] = {}
+        self._current: dict[str, VersionedDefinition] = {}
+
+    def register(self, definition: VersionedDefinition) -> None:
+        """Load a workflow version.
+
+        Registering the same ``(name, version_hash)`` again (a module imported
+        twice) replaces the earlier entry.
+
+        Raises:
+            DefinitionError: another body is loaded under the same name and
+                the same version number.
+        """
+        name, key = definition.name, (definition.name, definition.version_hash)
+        with self._lock:
+            siblings = self._by_name.get(name, ())
+            for other in siblings:
+                if other.version == definition.version and other.version_hash != key[1]:
+                    raise _duplicate_version(other, definition)
+            kept = tuple(d for d in siblings if d.version_hash != key[1])
+            versions = tuple(sorted((*kept, definition), key=lambda d: d.version))
+            self._by_key = {**self._by_key, key: definition}
+            self._by_name = {**self._by_name, name: versions}
+            self._current = {**self._current, name: versions[-1]}
+
+    def get(self, name: str, version_hash: str) -> VersionedDefinition:
+        """Return the exact version a run is pinned to.
+
+        Raises:
+            UnknownWorkflow: no version of ``name`` is loaded.
+            UnknownVersion: ``name`` is loaded, but not with this hash.
+        """
+        definition = self._by_key.get((name, version_hash))
+        if definition is not None:
+            return definition
+        loaded = self._by_name.get(name)
+        if loaded is None:
+            raise self._unknown_workflow(name)
+        listing = ", ".join(f"{d.version_hash} (version {d.version})" for d in loaded)
+        raise UnknownVersion(
+            f"workflow {name!r} version {version_hash} is not loaded in this worker "
+            f"(loaded: {listing}). Deploy a worker whose code has that version, "
+            "or run `continuum versions` to see which workers have it.",
+            workflow=name,
+            version_hash=version_hash,
+            loaded=[d.version_hash for d in loaded],
+        )
+
+    def current(self, name: str) -> VersionedDefinition:
+        """Return the version new runs of ``name`` start on: the highest ``version``.
+
+        Raises:
+            UnknownWorkflow: no version of ``name`` is loaded.
+        """
+        definition = self._current.get(name)
+        if definition is None:
+            raise self._unknown_workflow(name)
+        return definition
+
+    def find(self, name: str, version_hash: str) -> VersionedDefinition | None:
+        """Return the loaded version, or None when it is not loaded."""
+        return self._by_key.get((name, version_hash))
+
+    def has(self, name: str, version_hash: str) -> bool:
+        """Tell whether ``(name, version_hash)`` is loaded."""
+        return (name, version_hash) in self._by_key
+
+    def names(self) -> list[str]:
+        """Return the loaded workflow names, sorted."""
+        return sorted(self._by_name)
+
+    def definitions(self) -> list[VersionedDefinition]:
+        """Return every loaded version, sorted by name, then version number."""
+        by_name = self._by_name
+        return [d for name in sorted(by_name) for d in by_name[name]]
+
+    def _unknown_workflow(self, name: str) -> UnknownWorkflow:
+        known = ", ".join(self.names()) or "none"
+        return UnknownWorkflow(
+            f"no workflow named {name!r} is loaded in this process (loaded: {known}). "
+            "Check the name, and that the module defining it is imported by the worker "
+            "(Celery's `include=` or `imports` setting).",
+            workflow=name,
+            known=self.names(),
+        )
+
+
+def _place(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}:{qualname}"
+
+
+def _duplicate_version(old: VersionedDefinition, new: VersionedDefinition) -> DefinitionError:
+    old_place, new_place = _place(old.fn), _place(new.fn)
+    if old_place == new_place:
+        what = f"{new_place} changed but kept version={new.version}"
+    else:
+        what = (
+            f"{old_place} and {new_place} have different bodies "
+            f"but both declare version={new.version}"
+        )
+    return DefinitionError(
+        f"workflow {new.name!r}: {what} (hashes {old.version_hash} and {new.version_hash}). "
+        f"Bump `version=` on the new body (e.g. version={new.version + 1}), or give the "
+        "old body a different version, so runs started on one keep replaying the code "
+        "they started on.",
+        workflow=new.name,
+        version=new.version,
+        places=[old_place, new_place],
+        version_hashes=[old.version_hash, new.version_hash],
+    )
+
+
+registry = Registry()
+"""The process-wide registry that ``@workflow`` registers into."""
+
+__all__ = ["HASH_LENGTH", "Registry", "VersionedDefinition", "registry", "version_hash"]
