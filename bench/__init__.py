@@ -1,0 +1,21 @@
+"""Benchmark harness: continuum-celery against plain Celery and DBOS Transact.
+
+Run ``python -m bench --help``. Every system runs on the same PostgreSQL
+database (``continuum_bench``, recreated per invocation), the same Redis
+database number (12 by default, the only one ever flushed) and real worker
+processes started as subprocesses with the same concurrency.
+
+Modules, in the order data flows through them:
+
+- ``config``       settings and connection URLs shared by harness and workers
+- ``procs``        starting, readiness-checking and stopping subprocesses
+- ``celery_chain`` plain Celery: a chain of N trivial tasks (and a one-commit variant)
+- ``continuum_flow`` continuum-celery: a workflow of N trivial activities
+- ``dbos_flow``    DBOS Transact: a workflow of N steps
+- ``drive``        the subprocess entry point that submits work and times it
+- ``systems``      one orchestrator per system: prepare, start workers, run phases
+- ``runner``       one repetition: counters around the throughput phase, then latency
+- ``measure``      counters (pg_stat_database, pg_stat_wal, INFO commandstats) and math
+- ``profiling``    optional pyinstrument profile of continuum worker processes
+- ``report``       medians across repetitions, the table and the ratios
+"""

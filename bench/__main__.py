@@ -1,0 +1,181 @@
+"""``python -m bench``: measure every selected system and print the table and ratios.
+
+Example::
+
+    python -m bench --steps 10 --workflows 200 --concurrency 2 --repetitions 3
+    python -m bench --only celery,dbos --workflows 50 --repetitions 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import config
+from bench.config import BenchConfig
+from bench.procs import BenchError
+from bench.report import FOOTNOTE, Outcome, render_header, render_ratios, render_table
+from bench.runner import ensure_fresh_database, flush_redis, run_repetition
+from bench.systems import System, all_systems
+
+DEFAULT_ONLY = "celery,continuum,dbos"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; see ``python -m bench --help``."""
+    known = ", ".join(all_systems())
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--steps", "-N", type=int, default=config.DEFAULT_STEPS, help="steps per workflow"
+    )
+    parser.add_argument(
+        "--workflows",
+        "-W",
+        type=int,
+        default=config.DEFAULT_WORKFLOWS,
+        help="workflows submitted at once",
+    )
+    parser.add_argument(
+        "--concurrency", "-C", type=int, default=config.DEFAULT_CONCURRENCY, help="worker processes"
+    )
+    parser.add_argument(
+        "--repetitions",
+        "-R",
+        type=int,
+        default=config.DEFAULT_REPETITIONS,
+        help="repetitions per system",
+    )
+    parser.add_argument(
+        "--latency-runs",
+        type=int,
+        default=config.DEFAULT_LATENCY_RUNS,
+        help="single runs for p50/p90",
+    )
+    parser.add_argument(
+        "--only",
+        default=DEFAULT_ONLY,
+        help=f"comma-separated systems among: {known} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile continuum workers (pyinstrument) and print top costs",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per phase"
+    )
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("BENCH_PG_ADMIN_URL", config.DEFAULT_PG_ADMIN_URL),
+        help="libpq URL used to (re)create the benchmark database",
+    )
+    parser.add_argument(
+        "--db-name",
+        default=config.DEFAULT_DB_NAME,
+        help="benchmark database (dropped and recreated)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get(config.ENV_REDIS_URL, config.DEFAULT_REDIS_URL),
+        help="Redis URL with the benchmark's own database number (flushed)",
+    )
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in all_systems()]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; known: {known}")
+    for option in ("steps", "workflows", "concurrency", "repetitions"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
+    return args
+
+
+def measure(system: System, cfg: BenchConfig, logs: Path) -> Outcome:
+    """All repetitions of one system, or the reason it was skipped or failed."""
+    outcome = Outcome(system.name, system.label)
+    reason = system.unavailable()
+    if reason:
+        outcome.skipped = reason
+        print(f"{system.label}: skipped ({reason})", flush=True)
+        return outcome
+    try:
+        system.prepare(cfg, logs)
+        for i in range(cfg.repetitions):
+            rep = run_repetition(system, cfg, logs)
+            outcome.repetitions.append(rep)
+            p50 = "-" if rep.p50_ms is None else f"{rep.p50_ms:.1f} ms"
+            print(
+                f"{system.label}: repetition {i + 1}/{cfg.repetitions}: "
+                f"{rep.steps_per_s:.1f} steps/s, p50 {p50}",
+                flush=True,
+            )
+    except BenchError as exc:
+        outcome.failed = str(exc)
+        print(f"{system.label}: failed ({exc})", flush=True)
+    return outcome
+
+
+def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> str:
+    """One extra, unmeasured throughput phase with the continuum workers profiled."""
+    reason = system.unavailable()
+    if reason:
+        return f"profile: skipped (continuum: {reason})"
+    try:
+        from bench.profiling import top_costs
+    except ImportError as exc:
+        return f"profile: skipped ({exc}; pip install -e '.[bench]')"
+    profile_dir = logs / "profile"
+    profile_dir.mkdir(exist_ok=True)
+    flush_redis(cfg)
+    try:
+        with system.workers(cfg, logs, **{config.ENV_PROFILE_DIR: str(profile_dir)}) as workers:
+            system.throughput(cfg, workers, logs)
+    except BenchError as exc:
+        return f"profile: failed ({exc})"
+    return top_costs(profile_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the process exit code (1 if a system failed)."""
+    args = parse_args(argv)
+    cfg = BenchConfig(
+        steps=args.steps,
+        workflows=args.workflows,
+        concurrency=args.concurrency,
+        repetitions=args.repetitions,
+        latency_runs=args.latency_runs,
+        timeout=args.timeout,
+        pg_admin_url=args.pg_admin_url,
+        db_name=args.db_name,
+        redis_url=args.redis_url,
+    )
+    systems = all_systems()
+    print(render_header(cfg, os.cpu_count()), flush=True)
+    ensure_fresh_database(cfg)
+    logs = Path(tempfile.mkdtemp(prefix="continuum-bench-"))
+
+    outcomes = [measure(systems[name], cfg, logs) for name in args.only]
+    print()
+    print(render_table(outcomes))
+    print(FOOTNOTE)
+    print()
+    print(render_ratios(outcomes))
+    if args.profile:
+        print()
+        print(profile_continuum(systems["continuum"], cfg, logs))
+
+    failed = any(o.failed for o in outcomes)
+    if failed:
+        print(f"\nworker and driver logs: {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Subprocess entry point: ``python -m bench.drive SYSTEM ACTION [options]``.
+
+Drivers run in their own process so that their database connections close
+(and PostgreSQL publishes their statistics) before the harness reads the
+counters, and so that the system's modules are imported under their real
+names (task and workflow names derive from them).
+
+Actions: ``prepare``; ``throughput`` (W runs submitted at once, time until all
+have finished, Redis commands in that window); ``latency`` (one warm-up run,
+then runs one at a time); ``serve`` (DBOS only, see ``bench.dbos_flow``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.config import database_url_from_env, redis_url_from_env
+from bench.measure import delta, redis_counters
+from bench.procs import emit_result
+
+Start = Callable[[int], Any]
+Wait = Callable[[Any, float], Any]
+
+
+def _workload(system: str) -> tuple[Start, Wait, Callable[[int], int]]:
+    if system in ("celery", "celery-commit"):
+        from bench import celery_chain
+
+        start = functools.partial(celery_chain.start_run, commit=system == "celery-commit")
+        return start, celery_chain.wait_run, celery_chain.expected_result
+    if system == "continuum":
+        from bench import continuum_flow
+
+        return continuum_flow.start_run, continuum_flow.wait_run, continuum_flow.expected_result
+    raise SystemExit(f"no driver workload for system {system!r}")
+
+
+def throughput(system: str, workflows: int, steps: int, timeout: float) -> dict[str, Any]:
+    """Submit ``workflows`` runs at once and time until every one has finished."""
+    start, wait, expected = _workload(system)
+    redis_before = redis_counters(redis_url_from_env())
+    t0 = time.perf_counter()
+    handles = [start(steps) for _ in range(workflows)]
+    deadline = time.monotonic() + timeout
+    for handle in handles:
+        value = wait(handle, max(deadline - time.monotonic(), 0.001))
+        if value != expected(steps):
+            raise SystemExit(f"a run returned {value!r}, expected {expected(steps)!r}")
+    elapsed = time.perf_counter() - t0
+    redis_after = redis_counters(redis_url_from_env())
+    return {"elapsed": elapsed, "redis_calls": sum(delta(redis_before, redis_after).values())}
+
+
+def latency(system: str, runs: int, steps: int, timeout: float) -> dict[str, Any]:
+    """One warm-up run, then ``runs`` runs one at a time; milliseconds of each."""
+    start, wait, expected = _workload(system)
+    wait(start(steps), timeout)
+    latencies = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        value = wait(start(steps), timeout)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        if value != expected(steps):
+            raise SystemExit(f"a run returned {value!r}, expected {expected(steps)!r}")
+    return {"latencies_ms": latencies}
+
+
+def prepare(system: str) -> dict[str, Any]:
+    """Create whatever the system needs in the benchmark database."""
+    if system in ("celery", "celery-commit"):
+        from bench import celery_chain
+
+        celery_chain.prepare(commit=system == "celery-commit")
+    elif system == "continuum":
+        from bench import continuum_flow
+
+        continuum_flow.prepare()
+    elif system == "dbos":
+        from bench import dbos_flow
+
+        dbos_flow.prepare(database_url_from_env())
+    return {"prepared": system}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line, run one action, print its result."""
+    parser = argparse.ArgumentParser(prog="python -m bench.drive")
+    parser.add_argument("system", choices=["celery", "celery-commit", "continuum", "dbos"])
+    parser.add_argument("action", choices=["prepare", "throughput", "latency", "serve"])
+    parser.add_argument("--workflows", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+
+    if args.action == "serve":
+        from bench import dbos_flow
+
+        dbos_flow.serve(database_url_from_env())
+    elif args.action == "prepare":
+        emit_result(prepare(args.system))
+    elif args.action == "throughput":
+        emit_result(throughput(args.system, args.workflows, args.steps, args.timeout))
+    else:
+        emit_result(latency(args.system, args.runs, args.steps, args.timeout))
+
+
+if __name__ == "__main__":
+    main()

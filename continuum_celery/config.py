@@ -1,0 +1,115 @@
+"""Settings, captured once in a frozen object.
+
+Precedence, highest first: keyword arguments to ``Continuum(...)``, the Celery
+app's configuration (``app.conf.continuum_*``), environment variables, the
+defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigurationError
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
+
+DEFAULT_DATABASE_URL = "sqlite:///continuum.sqlite3"
+#: Seconds a replay lease lasts before another worker may take the run over; renewed while held.
+DEFAULT_LEASE_TTL = 30.0
+#: Seconds between beat sweeps.
+DEFAULT_SWEEP_INTERVAL = 5.0
+#: Runs (or activity tasks) one sweep re-dispatches at most, per kind.
+DEFAULT_SWEEP_BATCH = 500
+#: A runnable run or scheduled activity with no claim after this many seconds is dispatched again.
+DEFAULT_REDISPATCH_AFTER = 15.0
+#: Events between two snapshots of a run's replay log.
+DEFAULT_SNAPSHOT_EVERY = 200
+#: Default start-to-close timeout of one activity attempt, in seconds.
+DEFAULT_ACTIVITY_TIMEOUT = 300.0
+#: Live workflow executions a worker process keeps in memory between steps.
+DEFAULT_CACHE_SIZE = 256
+#: Celery queue of internal tasks; None means the app's task_default_queue, so existing workers consume it.
+DEFAULT_QUEUE: str | None = None
+
+_ENV = {
+    "database_url": "CONTINUUM_DATABASE_URL",
+    "redis_url": "CONTINUUM_REDIS_URL",
+    "lease_ttl": "CONTINUUM_LEASE_TTL",
+    "sweep_interval": "CONTINUUM_SWEEP_INTERVAL",
+    "redispatch_after": "CONTINUUM_REDISPATCH_AFTER",
+    "snapshot_every": "CONTINUUM_SNAPSHOT_EVERY",
+    "queue": "CONTINUUM_QUEUE",
+    "key_prefix": "CONTINUUM_KEY_PREFIX",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine reads from configuration.
+
+    Attributes:
+        name: instance name; prefixes Redis keys so several engines can share one Redis.
+        database_url: SQLAlchemy URL of the journal (PostgreSQL in production, SQLite embedded).
+        redis_url: Redis for timer wake-ups and notifications; None disables them (sweep only).
+        queue: Celery queue of replay, start and sweep tasks, and the default activity queue.
+        lease_ttl: seconds a run lease lasts; renewed at a third of it while a step runs.
+        sweep_interval: seconds between beat sweeps.
+        sweep_batch: most rows re-dispatched per sweep, per kind.
+        redispatch_after: seconds before a runnable but unclaimed row is dispatched again.
+        snapshot_every: events between replay-log snapshots.
+        activity_timeout: default start-to-close timeout of an activity attempt.
+        cache_size: live executions kept per worker process.
+        max_payload_bytes: largest JSON payload accepted.
+        key_prefix: Redis key prefix (default ``continuum:<name>:``).
+        workflow_modules: modules imported at worker boot to load workflow definitions.
+    """
+
+    name: str = "default"
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    queue: str | None = DEFAULT_QUEUE
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    sweep_batch: int = DEFAULT_SWEEP_BATCH
+    redispatch_after: float = DEFAULT_REDISPATCH_AFTER
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    activity_timeout: float = DEFAULT_ACTIVITY_TIMEOUT
+    cache_size: int = DEFAULT_CACHE_SIZE
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    key_prefix: str = ""
+    workflow_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.key_prefix:
+            object.__setattr__(self, "key_prefix", f"continuum:{self.name}:")
+        if self.lease_ttl <= 1:
+            raise ConfigurationError(
+                f"lease_ttl={self.lease_ttl} is too short: use at least 2 seconds (default {DEFAULT_LEASE_TTL})."
+            )
+        if self.snapshot_every < 10:
+            raise ConfigurationError(f"snapshot_every={self.snapshot_every}: use 10 or more.")
+
+    @classmethod
+    def resolve(cls, conf: Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+        """Build settings from overrides, then ``conf['continuum_<field>']``, then the environment."""
+        conf = conf or {}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+            elif conf.get(f"continuum_{f.name}") is not None:
+                values[f.name] = conf[f"continuum_{f.name}"]
+            elif f.name in _ENV and os.environ.get(_ENV[f.name]):
+                values[f.name] = os.environ[_ENV[f.name]]
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigurationError(f"unknown continuum settings: {sorted(unknown)}")
+        for f in fields(cls):
+            if f.name in values and f.type in ("float", "int") and isinstance(values[f.name], str):
+                values[f.name] = (float if f.type == "float" else int)(values[f.name])
+        if isinstance(values.get("workflow_modules"), (list, str)):
+            mods = values["workflow_modules"]
+            values["workflow_modules"] = tuple(mods.split(",") if isinstance(mods, str) else mods)
+        return cls(**values)

@@ -1,0 +1,364 @@
+"""What a workflow body may call: ``ctx.run``, ``ctx.sleep``, ``ctx.wait_signal`` and the rest.
+
+Every method turns into a journaled command (or a replayed one), so the body
+stays deterministic: time, randomness and ids come from ``ctx``, never from the
+standard library.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, get_activity
+from .errors import (
+    ActivityFailed,
+    ChildCancelled,
+    ChildFailed,
+    ContinuumError,
+    InvalidArgument,
+    SignalTimeout,
+)
+from .events import Event, Kind
+from .replay import Execution
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, roundtrip
+from .telemetry import run_logger
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ContinueAsNewRequest:
+    """Returned by ``ctx.continue_as_new``; the body must return it."""
+
+    input: Any
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about the run a context belongs to."""
+
+    run_id: str
+    workflow: str
+    version_hash: str
+    parent_run_id: str | None = None
+    correlation_id: str | None = None
+
+
+def activity_ref(act: Any) -> tuple[str, ActivityDefinition[Any, Any] | None, Any]:
+    """Name an activity: an ``@activity``, or a plain Celery task used unchanged.
+
+    Returns (name, definition or None, the Celery task or None).
+
+    Raises:
+        InvalidArgument: ``act`` is neither.
+    """
+    if isinstance(act, ActivityDefinition):
+        return act.name, act, None
+    if hasattr(act, "name") and hasattr(act, "run") and callable(getattr(act, "apply_async", None)):
+        return str(act.name), get_activity(str(act.name)), act
+    raise InvalidArgument(
+        f"{act!r} is not an activity: decorate it with @activity (or pass a Celery @app.task).",
+        value=repr(act),
+    )
+
+
+class _Future:
+    """Something the body can wait on: an activity, a child run, a timer."""
+
+    def __init__(self, ctx: WorkflowContext, command_id: int, what: str) -> None:
+        self._ctx = ctx
+        self.command_id = command_id
+        self._what = what
+
+    def _event(self) -> Event:
+        self._ctx._execution.wait(lambda: self._ctx._execution.resolved(self.command_id) is not None, self._what)
+        event = self._ctx._execution.resolved(self.command_id)
+        assert event is not None
+        return event
+
+    def result(self) -> Any:
+        """Wait for the outcome; return the result or raise the failure."""
+        return self._ctx._outcome_value(self._event())
+
+
+class ActivityFuture(_Future):
+    """A started activity; ``result()`` waits for it (raises ``ActivityFailed``)."""
+
+
+class ChildHandle(_Future):
+    """A started child run; ``result()`` waits for it (raises ``ChildFailed`` / ``ChildCancelled``)."""
+
+    def __init__(self, ctx: WorkflowContext, command_id: int, what: str, run_id: str) -> None:
+        super().__init__(ctx, command_id, what)
+        self.id = run_id
+
+
+class WorkflowContext:
+    """The body's handle on its run; the first argument of every workflow function."""
+
+    def __init__(self, execution: Execution, info: RunInfo, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self._execution = execution
+        self.info = info
+        self._max_payload = max_payload_bytes
+        self._completed: list[tuple[int, str, dict[str, Any]]] = []
+        self._compensable: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._compensated: set[int] = set()
+        self._rng: _random.Random | None = None
+        self.logger: logging.LoggerAdapter[logging.Logger] = run_logger(
+            "continuum_celery.workflow", info.run_id, info.workflow
+        )
+        execution.on_reveal(self._track_completion)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the body re-executes commands already in the journal (e.g. to mute logs)."""
+        return self._execution.replaying
+
+    # ---- activities ------------------------------------------------------------------------
+
+    def start_activity(
+        self,
+        act: Any,
+        *args: Any,
+        idempotency_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        **kwargs: Any,
+    ) -> ActivityFuture:
+        """Schedule an activity and return a future; ``ctx.gather`` waits on several.
+
+        The option names above are reserved; every other keyword goes to the activity.
+
+        Raises:
+            PayloadError: an argument is not JSON (nothing is scheduled).
+        """
+        name, defn, task = activity_ref(act)
+        check_json(list(args), f"arguments of activity {name}", self._max_payload)
+        check_json(kwargs, f"keyword arguments of activity {name}", self._max_payload)
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 200):
+            raise InvalidArgument(
+                f"idempotency_key for {name} must be a non-empty str of at most 200 characters, got {idempotency_key!r}."
+            )
+        policy = retry or (defn.retry if defn else None) or RetryPolicy()
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        payload = {
+            "args": roundtrip(list(args)),
+            "kwargs": roundtrip(kwargs),
+            "queue": queue or (defn.queue if defn else None) or getattr(task, "queue", None),
+            "retry": policy.to_json(),
+            "timeout": seconds or (defn.timeout if defn else None),
+            "idempotency_key": idempotency_key,
+        }
+        cid, _ = self._execution.command(Kind.ACTIVITY_SCHEDULED, name, payload)
+        if defn is not None and defn.compensation is not None:
+            self._compensable[cid] = (name, payload)
+        return ActivityFuture(self, cid, f"activity {name}")
+
+    def run(self, act: Any, *args: Any, **options: Any) -> Any:
+        """Run an activity durably and return its result (``start_activity(...).result()``).
+
+        Raises:
+            ActivityFailed: the activity failed on its last attempt.
+        """
+        return self.start_activity(act, *args, **options).result()
+
+    def gather(self, futures: Sequence[_Future], return_exceptions: bool = False) -> list[Any]:
+        """Wait for every future; return results in order.
+
+        With ``return_exceptions=True`` a failure takes its place in the list as the
+        exception; otherwise the first failure (by position) is raised once all are done.
+        """
+        futures = list(futures)
+        self._execution.wait(
+            lambda: all(self._execution.resolved(f.command_id) is not None for f in futures),
+            f"{len(futures)} futures",
+        )
+        results: list[Any] = []
+        first_error: BaseException | None = None
+        for f in futures:
+            try:
+                results.append(f.result())
+            except ContinuumError as exc:
+                if not return_exceptions and first_error is None:
+                    first_error = exc
+                results.append(exc)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    # ---- time --------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current time, journaled: a replay sees the same value."""
+        assert self._execution.now is not None
+        _, payload = self._execution.command(Kind.SIDE_EFFECT, "now", {"value": self._execution.now.isoformat()})
+        return datetime.fromisoformat(payload["value"])
+
+    def sleep(self, duration: float | timedelta) -> None:
+        """Sleep durably: a journaled timer; the run holds no worker, message or lease meanwhile."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        if seconds < 0:
+            raise InvalidArgument(f"ctx.sleep({duration!r}): the duration must not be negative.")
+        assert self._execution.now is not None
+        self._timer(self._execution.now + timedelta(seconds=seconds))
+
+    def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until ``when`` (an aware datetime)."""
+        if when.tzinfo is None:
+            raise InvalidArgument(f"ctx.sleep_until({when!r}): pass an aware datetime (with tzinfo).")
+        self._timer(when)
+
+    def _timer(self, fire_at: datetime) -> None:
+        cid, _ = self._execution.command(
+            Kind.TIMER_SCHEDULED, None, {"fire_at": fire_at.astimezone(timezone.utc).isoformat()}
+        )
+        _Future(self, cid, "a timer").result()
+
+    # ---- signals and children --------------------------------------------------------------
+
+    def wait_signal(self, name: str, timeout: float | timedelta | None = None) -> Any:
+        """Wait for the next signal ``name`` sent to this run and return its payload.
+
+        Signals are consumed in arrival order, each once; one sent before the wait is kept.
+
+        Raises:
+            SignalTimeout: ``timeout`` elapsed first.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"ctx.wait_signal(name={name!r}): the name must be a non-empty str.")
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        assert self._execution.now is not None
+        timeout_at = None if seconds is None else (self._execution.now + timedelta(seconds=seconds)).isoformat()
+        cid, _ = self._execution.command(Kind.SIGNAL_WAIT, name, {"timeout_at": timeout_at})
+        return _Future(self, cid, f"signal {name!r}").result()
+
+    def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, run_id: str | None = None) -> ChildHandle:
+        """Start a child run; its end reaches this run as an outcome. Returns its handle."""
+        if not isinstance(wf, WorkflowDefinition):
+            raise InvalidArgument(f"ctx.start_child needs a @workflow, got {wf!r}.")
+        check_json(input, f"input of child workflow {wf.name}", self._max_payload)
+        from .client import validate_run_id
+
+        # Derived from the parent and the command number, so a replay names the same child.
+        proposed = validate_run_id(run_id) if run_id else str(uuid.uuid5(uuid.UUID(self.run_id), f"child-{self._execution.last_seq}-{wf.name}"))
+        cid, payload = self._execution.command(
+            Kind.CHILD_STARTED,
+            wf.name,
+            {"run_id": proposed, "input": roundtrip(input), "version_hash": wf.version_hash},
+        )
+        return ChildHandle(self, cid, f"child {wf.name}", payload["run_id"])
+
+    def continue_as_new(self, input: Any) -> ContinueAsNewRequest:
+        """End this run as ``continued`` and start the next one with ``input``: ``return ctx.continue_as_new(x)``."""
+        check_json(input, f"continue_as_new input of {self.info.workflow}", self._max_payload)
+        return ContinueAsNewRequest(roundtrip(input))
+
+    # ---- determinism helpers -----------------------------------------------------------
+
+    def uuid4(self) -> uuid.UUID:
+        """A random UUID, journaled."""
+        _, payload = self._execution.command(Kind.SIDE_EFFECT, "uuid4", {"value": str(uuid.uuid4())})
+        return uuid.UUID(payload["value"])
+
+    def random(self) -> float:
+        """A random float in [0, 1), journaled."""
+        _, payload = self._execution.command(Kind.SIDE_EFFECT, "random", {"value": _random.random()})
+        return float(payload["value"])
+
+    def patched(self, patch_id: str) -> bool:
+        """True on runs that reach this point with the change; False when replaying an older history."""
+        recorded = self._execution.peek_command()
+        if recorded is not None and recorded.kind is Kind.PATCH_MARKER and recorded.name == patch_id:
+            self._execution.skip_command()
+            return True
+        if recorded is not None:
+            return False
+        self._execution.command(Kind.PATCH_MARKER, patch_id, {})
+        return True
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark a patch whose old branch is gone: consumes a recorded marker, records nothing new."""
+        recorded = self._execution.peek_command()
+        if recorded is not None and recorded.kind is Kind.PATCH_MARKER and recorded.name == patch_id:
+            self._execution.skip_command()
+
+    # ---- sagas -------------------------------------------------------------------------
+
+    def compensate(self) -> list[dict[str, Any]]:
+        """Run the compensations of completed activities, newest completion first, each once.
+
+        Returns one record per compensation: ``{"activity", "command_id", "ok", "error"}``.
+        """
+        outcomes: list[dict[str, Any]] = []
+        for cid, name, result in reversed(self._completed):
+            if cid in self._compensated or cid not in self._compensable:
+                continue
+            self._compensated.add(cid)
+            _, scheduled = self._compensable[cid]
+            ccid, _ = self._execution.command(
+                Kind.COMPENSATION_SCHEDULED,
+                name,
+                {"for_command": cid, "args": scheduled["args"], "kwargs": scheduled["kwargs"], "result": result.get("result"),
+                 "retry": scheduled["retry"], "queue": scheduled["queue"], "timeout": scheduled["timeout"]},
+            )
+            event = _Future(self, ccid, f"compensation of {name}")._event()
+            ok = event.kind is Kind.COMPENSATION_COMPLETED
+            outcomes.append({"activity": name, "command_id": cid, "ok": ok, "error": None if ok else event.payload.get("error")})
+        return outcomes
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def checked_result(self, value: T) -> T:
+        check_json(value, f"result of workflow {self.info.workflow}", self._max_payload)
+        return roundtrip(value)  # type: ignore[no-any-return]
+
+    def _track_completion(self, event: Event) -> None:
+        if event.kind is Kind.ACTIVITY_COMPLETED and event.command_id is not None:
+            self._completed.append((event.command_id, event.name or "", dict(event.payload)))
+
+    def _outcome_value(self, event: Event) -> Any:
+        payload = event.payload
+        kind = event.kind
+        if kind in (Kind.ACTIVITY_COMPLETED, Kind.CHILD_COMPLETED, Kind.COMPENSATION_COMPLETED):
+            return payload.get("result")
+        if kind is Kind.SIGNAL_RECEIVED:
+            return payload.get("payload")
+        if kind is Kind.TIMER_FIRED:
+            return None
+        error = payload.get("error") or {}
+        message = error.get("message", "")
+        if kind is Kind.ACTIVITY_FAILED:
+            raise ActivityFailed(
+                f"activity {event.name} failed after {payload.get('attempts', '?')} attempt(s): "
+                f"{error.get('type', 'Error')}: {message}",
+                activity=event.name, error=error, attempts=payload.get("attempts"),
+            )
+        if kind is Kind.SIGNAL_TIMED_OUT:
+            raise SignalTimeout(f"signal {event.name!r} did not arrive in time", signal=event.name)
+        if kind is Kind.CHILD_FAILED:
+            raise ChildFailed(
+                f"child run {payload.get('run_id')} ({event.name}) failed: {error.get('type', 'Error')}: {message}",
+                run_id=payload.get("run_id"), workflow=event.name, error=error,
+            )
+        if kind is Kind.CHILD_CANCELLED:
+            raise ChildCancelled(
+                f"child run {payload.get('run_id')} ({event.name}) was cancelled",
+                run_id=payload.get("run_id"), workflow=event.name,
+            )
+        raise InvalidArgument(f"unexpected outcome {kind.value} for command {event.command_id}")
+
+
+def context_factory(info: RunInfo, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Callable[[Execution], WorkflowContext]:
+    """A ``make_context`` for :class:`Execution` bound to one run."""
+    return lambda execution: WorkflowContext(execution, info, max_payload_bytes)

@@ -1,0 +1,299 @@
+"""``@workflow`` and ``@activity``: turn plain functions into durable definitions.
+
+Both decorators work bare (``@activity``) and with options
+(``@activity(retry=RetryPolicy(...), queue="payments")``). A workflow is a
+function of ``(ctx, input)``; an activity is any function whose arguments and
+result are JSON.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from .errors import DefinitionError, UnknownWorkflow
+from .versioning import registry as workflow_registry
+from .versioning import version_hash as compute_version_hash
+
+if TYPE_CHECKING:
+    from celery.canvas import Signature
+
+    from .client import RunHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an activity is retried: exponential backoff, bounded.
+
+    Attributes:
+        max_attempts: attempts in all, the first included (1 = never retry).
+        initial_interval: seconds before the second attempt.
+        backoff: factor applied to the interval after each retry.
+        max_interval: cap on the interval, in seconds.
+        non_retryable: exception types that fail the activity at once.
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff: float = 2.0
+    max_interval: float = 60.0
+    non_retryable: tuple[type[BaseException], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise DefinitionError(f"RetryPolicy(max_attempts={self.max_attempts}): use 1 or more.")
+        if self.initial_interval < 0 or self.backoff < 1 or self.max_interval < 0:
+            raise DefinitionError(
+                "RetryPolicy needs initial_interval >= 0, backoff >= 1 and max_interval >= 0."
+            )
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        return min(self.initial_interval * self.backoff ** max(attempt - 2, 0), self.max_interval)
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as stored on an activity task row."""
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_interval": self.initial_interval,
+            "backoff": self.backoff,
+            "max_interval": self.max_interval,
+            "non_retryable": [f"{t.__module__}:{t.__qualname__}" for t in self.non_retryable],
+        }
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class ActivityDefinition(Generic[P, R]):
+    """A function registered as an activity; calling it still runs the plain function."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        name: str,
+        retry: RetryPolicy,
+        queue: str | None,
+        timeout: float | None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.queue = queue
+        self.timeout = timeout
+        self.compensation: Callable[..., Any] | None = None
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def compensate(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register the saga undo of this activity; it gets ``(result, *args, **kwargs)``."""
+        if self.compensation is not None:
+            raise DefinitionError(f"activity {self.name!r} already has a compensation.")
+        self.compensation = fn
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<activity {self.name}>"
+
+
+_activities: dict[str, ActivityDefinition[Any, Any]] = {}
+_activities_lock = threading.Lock()
+
+
+def _qualified_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _register_activity(defn: ActivityDefinition[Any, Any]) -> None:
+    with _activities_lock:
+        existing = _activities.get(defn.name)
+        if existing is not None and _qualified_name(existing.fn) != _qualified_name(defn.fn):
+            raise DefinitionError(
+                f"activity name {defn.name!r} is already used by {_qualified_name(existing.fn)}; "
+                f"give {_qualified_name(defn.fn)} another name with @activity(name=...)."
+            )
+        _activities[defn.name] = defn
+
+
+def get_activity(name: str) -> ActivityDefinition[Any, Any] | None:
+    """The activity registered under ``name`` in this process, if any."""
+    return _activities.get(name)
+
+
+@overload
+def activity(fn: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
+@overload
+def activity(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    timeout: float | timedelta | None = None,
+) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
+
+
+def activity(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    timeout: float | timedelta | None = None,
+) -> Any:
+    """Declare an activity: a side-effecting step run as a Celery task, retried durably.
+
+    Args:
+        name: stable identity in the journal (default ``module.qualname``).
+        retry: the retry policy (default 3 attempts, 1 s doubling).
+        queue: Celery queue of its tasks (default the engine's queue).
+        timeout: start-to-close seconds per attempt; a longer attempt counts as failed.
+
+    Raises:
+        DefinitionError: the name is taken by another function, or the options are invalid.
+    """
+
+    def decorate(f: Callable[..., Any]) -> ActivityDefinition[Any, Any]:
+        if not callable(f) or inspect.iscoroutinefunction(f):
+            raise DefinitionError(f"@activity needs a plain (non-async) function, got {f!r}.")
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and seconds <= 0:
+            raise DefinitionError(
+                f"@activity(timeout={timeout!r}): use a positive number of seconds."
+            )
+        defn = ActivityDefinition(
+            f, name or _qualified_name(f), retry or DEFAULT_RETRY, queue, seconds
+        )
+        _register_activity(defn)
+        return defn
+
+    return decorate(fn) if fn is not None else decorate
+
+
+class WorkflowDefinition(Generic[R]):
+    """A workflow function with its identity: logical name, version number, version hash."""
+
+    def __init__(self, fn: Callable[[Any, Any], R], name: str, version: int, saga: bool) -> None:
+        self.fn = fn
+        self.name = name
+        self.version = version
+        self.saga = saga
+        self.version_hash = compute_version_hash(fn, version)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def start(self, input: Any = None, run_id: str | None = None) -> RunHandle:
+        """Start a run of this workflow (idempotent on ``run_id``) and return its handle.
+
+        Raises:
+            PayloadError: ``input`` is not JSON. InvalidArgument: ``run_id`` is malformed.
+            RunConflict: ``run_id`` already names a run with another workflow or input.
+        """
+        from .installer import current
+
+        return current().client.start(self, input, run_id=run_id)
+
+    def delay(self, input: Any = None, run_id: str | None = None) -> RunHandle:
+        """Alias of :meth:`start`, as with Celery tasks."""
+        return self.start(input, run_id=run_id)
+
+    def s(self, *args: Any, run_id: str | None = None) -> Signature:
+        """A Celery signature of ``continuum.start`` for this workflow.
+
+        In a chain, the previous task's result becomes the workflow input;
+        the task returns the run id to the next link.
+        """
+        from .installer import current
+
+        return current().start_signature(self.name, args, run_id=run_id)
+
+    def __call__(self, ctx: Any, input: Any = None) -> R:
+        return self.fn(ctx, input)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name} v{self.version} {self.version_hash}>"
+
+
+def _check_workflow_signature(fn: Callable[..., Any]) -> None:
+    if not callable(fn) or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+        raise DefinitionError(f"@workflow needs a plain function of (ctx, input), got {fn!r}.")
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required_extra = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if len(params) != 2 or required_extra:
+        raise DefinitionError(
+            f"workflow {_qualified_name(fn)} must be a function of (ctx, input); it takes "
+            f"({', '.join(inspect.signature(fn).parameters)}). Pack several arguments into one "
+            "dict input: def flow(ctx, order): ..."
+        )
+
+
+@overload
+def workflow(fn: Callable[[Any, Any], R], /) -> WorkflowDefinition[R]: ...
+@overload
+def workflow(
+    *, workflow: str | None = None, version: int = 1, saga: bool = False
+) -> Callable[[Callable[[Any, Any], R]], WorkflowDefinition[R]]: ...
+
+
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    workflow: str | None = None,
+    version: int = 1,
+    saga: bool = False,
+) -> Any:
+    """Declare a durable workflow: a function of ``(ctx, input)`` replayed from its journal.
+
+    Args:
+        workflow: logical name (default ``module.qualname``). Two definitions with one
+            logical name and different ``version`` numbers coexist: runs resume on the
+            version they started on.
+        version: version number, hashed with the body into ``version_hash``.
+        saga: run the compensations of completed activities when the body raises.
+
+    Raises:
+        DefinitionError: not a function of (ctx, input), or a clashing name/version.
+    """
+
+    def decorate(f: Callable[..., Any]) -> WorkflowDefinition[Any]:
+        _check_workflow_signature(f)
+        if not isinstance(version, int) or version < 1:
+            raise DefinitionError(f"@workflow(version={version!r}): use a positive integer.")
+        defn = WorkflowDefinition(f, workflow or _qualified_name(f), version, saga)
+        workflow_registry.register(defn)
+        return defn
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def get_workflow(name: str) -> WorkflowDefinition[Any]:
+    """The current (highest-version) definition of a workflow name.
+
+    Raises:
+        UnknownWorkflow: no workflow of that name is loaded in this process.
+    """
+    defn = workflow_registry.current(name)
+    if not isinstance(defn, WorkflowDefinition):
+        raise UnknownWorkflow(f"{name!r} is not a workflow definition.", workflow=name)
+    return defn

@@ -1,0 +1,93 @@
+"""Turn the journal's ``Dispatch`` records into Celery messages, after the commit.
+
+Messages carry ids only. A dispatch due in the future (an activity retry) is
+never an ETA message: it becomes a wake-up in Redis (or the in-process heap),
+and the beat sweep re-derives it from the journal if that is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .journal.base import Dispatch
+from .wakeups import Wakeups
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+REPLAY_TASK = "continuum.replay"
+ACTIVITY_TASK = "continuum.activity"
+START_TASK = "continuum.start"
+SWEEP_TASK = "continuum.sweep"
+
+
+def run_member(run_id: str) -> str:
+    """The wake-up member that replays a run."""
+    return f"run|{run_id}"
+
+
+class Dispatcher:
+    """Sends replay and activity messages; defers future work to wake-ups."""
+
+    def __init__(self, app: Celery, queue: str | None, wakeups: Wakeups | None) -> None:
+        self.app = app
+        self.queue = queue
+        self.wakeups = wakeups
+
+    def send(self, dispatches: Iterable[Dispatch]) -> None:
+        """Send each dispatch now, or schedule it as a wake-up when it is due later.
+
+        Sending is best effort: a lost message is re-derived by the sweep.
+        """
+        now = datetime.now(timezone.utc)
+        for d in dispatches:
+            try:
+                if d.due is not None and d.due > now and self.wakeups is not None:
+                    self.wakeups.schedule(self._member(d), d.due.timestamp())
+                elif d.kind == "replay":
+                    self.replay(d.id, d.label)
+                else:
+                    self.activity(d.id, d.attempt, d.queue, d.label)
+            except Exception:  # the journal holds the truth; the sweep sends it again
+                log.warning("could not dispatch %s %s; the sweep will retry", d.kind, d.id, exc_info=True)
+
+    def replay(self, run_id: str, label: str = "") -> None:
+        self._send(REPLAY_TASK, [run_id], self.queue, f"{label} run={run_id}")
+
+    def activity(self, task_id: str, attempt: int, queue: str | None, label: str = "") -> None:
+        self._send(ACTIVITY_TASK, [task_id, attempt], queue or self.queue, f"{label} task={task_id} attempt={attempt}")
+
+    def schedule_wakeup(self, run_id: str, due: datetime) -> None:
+        """Wake the run at ``due`` (best effort; the sweep covers a lost wake-up)."""
+        if self.wakeups is None:
+            return
+        try:
+            self.wakeups.schedule(run_member(run_id), due.timestamp())
+        except Exception:
+            log.warning("could not schedule the wake-up of run %s; the sweep will cover it", run_id, exc_info=True)
+
+    def dispatch_member(self, member: str) -> None:
+        """Called by the wake-up pump with a due member."""
+        parts = member.split("|", 3)
+        if parts[0] == "run" and len(parts) == 2:
+            self.replay(parts[1])
+        elif parts[0] == "activity" and len(parts) == 4:
+            _, attempt, queue, task_id = parts
+            self.activity(task_id, int(attempt), queue or None)
+        else:
+            log.warning("ignoring unknown wake-up member %r", member)
+
+    @staticmethod
+    def _member(d: Dispatch) -> str:
+        return run_member(d.id) if d.kind == "replay" else f"activity|{d.attempt}|{d.queue or ''}|{d.id}"
+
+    def _send(self, name: str, args: list[Any], queue: str | None, argsrepr: str) -> None:
+        options: dict[str, Any] = {"argsrepr": argsrepr.strip()}
+        if queue:
+            options["queue"] = queue
+        self.app.send_task(name, args=args, **options)

@@ -1,0 +1,224 @@
+"""``Continuum(app, ...)``: install the engine into any Celery app.
+
+It registers the internal tasks, a beat entry for the sweep, worker hooks
+(dispose inherited database connections after fork, record loaded workflow
+versions and start the wake-up pump at boot) and a client for starting runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from celery.canvas import Signature
+
+from .cache import ExecutionCache
+from .client import Client
+from .config import Settings
+from .dispatch import START_TASK, SWEEP_TASK, Dispatcher
+from .errors import ConfigurationError
+from .journal.base import Journal
+from .journal.sql import SQLJournal
+from .leases import LeaseRenewer
+from .notify import LocalNotifier, Notifier, RedisNotifier
+from .stepper import Stepper
+from .tasks import emit_sweep, register_tasks, timed
+from .versioning import registry as workflow_registry
+from .wakeups import LocalWakeups, RedisWakeups, WakeupPump, Wakeups
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+_engines: dict[str, Continuum] = {}
+_current: Continuum | None = None
+
+
+class Continuum:
+    """The engine bound to one Celery app.
+
+    Args:
+        app: the Celery app whose workers run replays and activities.
+        database_url: journal URL (env ``CONTINUUM_DATABASE_URL``; default a local SQLite file).
+        redis_url: Redis for wake-ups and notifications (env ``CONTINUUM_REDIS_URL``); None: sweep only.
+        name: instance name (Redis key prefix), when several engines share servers.
+        **settings: any other :class:`~continuum_celery.config.Settings` field.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        name: str | None = None,
+        journal: Journal | None = None,
+        **settings: Any,
+    ) -> None:
+        global _current
+        self.app = app
+        self.settings = Settings.resolve(app.conf, database_url=database_url, redis_url=redis_url, name=name, **settings)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._journal = journal
+        self._lock = threading.Lock()
+        self._redis: Any = None
+        self.wakeups: Wakeups = self._make_wakeups()
+        self.notifier: Notifier = self._make_notifier()
+        self.dispatcher = Dispatcher(app, self.settings.queue, self.wakeups)
+        self.cache = ExecutionCache(self.settings.cache_size)
+        self.client = Client(self)
+        self._pump: WakeupPump | None = None
+        self._stepper: Stepper | None = None
+        register_tasks(app, self)
+        app.conf.beat_schedule = {
+            **(app.conf.beat_schedule or {}),
+            f"continuum-sweep-{self.settings.name}": {"task": SWEEP_TASK, "schedule": self.settings.sweep_interval,
+                                                      **({"options": {"queue": self.settings.queue}} if self.settings.queue else {})},
+        }
+        if self.settings.queue:
+            routes = {f"continuum.{n}": {"queue": self.settings.queue} for n in ("replay", "start", "sweep")}
+            app.conf.task_routes = [routes, *(_as_list(app.conf.task_routes))]
+        self._connect_signals()
+        _engines[self.settings.name] = self
+        _current = self
+
+    # ---- lazily built parts (after fork, in the process that uses them) -------------------
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            with self._lock:
+                if self._journal is None:
+                    self._journal = SQLJournal(
+                        self.settings.database_url, activity_timeout=self.settings.activity_timeout, queue=self.settings.queue
+                    )
+        return self._journal
+
+    @property
+    def stepper(self) -> Stepper:
+        if self._stepper is None:
+            with self._lock:
+                if self._stepper is None:
+                    journal = self.journal
+                    self._stepper = Stepper(
+                        journal=journal, registry=workflow_registry, dispatcher=self.dispatcher, notifier=self.notifier,
+                        cache=self.cache, renewer=LeaseRenewer(journal, self.settings.lease_ttl), owner=self.owner,
+                        lease_ttl=self.settings.lease_ttl, max_payload_bytes=self.settings.max_payload_bytes,
+                    )
+        return self._stepper
+
+    def _redis_client(self) -> Any:
+        if self._redis is None and self.settings.redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        return self._redis
+
+    def _make_wakeups(self) -> Wakeups:
+        client = self._redis_client()
+        return RedisWakeups(client, self.settings.key_prefix + "wakeups") if client is not None else LocalWakeups()
+
+    def _make_notifier(self) -> Notifier:
+        client = self._redis_client()
+        return RedisNotifier(client, self.settings.key_prefix) if client is not None else LocalNotifier()
+
+    # ---- operations ----------------------------------------------------------------------
+
+    def start_signature(self, workflow: str, args: tuple[Any, ...], run_id: str | None = None) -> Signature:
+        """A ``continuum.start`` signature for use in chains, groups and chords."""
+        options = {"queue": self.settings.queue} if self.settings.queue else {}
+        return self.app.signature(START_TASK, args=args, kwargs={"workflow": workflow, "run_id": run_id}, **options)
+
+    def sweep_once(self) -> int:
+        """One sweep: send every due dispatch the journal holds; returns how many."""
+        dispatches, duration = timed(
+            lambda: self.journal.sweep(batch=self.settings.sweep_batch, redispatch_after=self.settings.redispatch_after)
+        )
+        self.dispatcher.send(dispatches)
+        emit_sweep(len(dispatches), duration)
+        return len(dispatches)
+
+    def load_workflow_modules(self) -> None:
+        """Import the configured workflow modules so their definitions register."""
+        for module in self.settings.workflow_modules:
+            importlib.import_module(module)
+
+    def record_versions(self) -> None:
+        """Upsert the workflow versions this process has loaded into the journal."""
+        loaded = [(d.name, d.version_hash, d.version, getattr(d.fn, "__module__", "")) for d in workflow_registry.definitions()]
+        self.journal.upsert_versions(socket.gethostname(), loaded)
+
+    def start_pump(self) -> None:
+        """Start the wake-up pump thread of this process (timers and retries on time)."""
+        if self._pump is None:
+            self._pump = WakeupPump(self.wakeups, self.dispatcher.dispatch_member)
+            self._pump.start()
+
+    def stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+
+    def _connect_signals(self) -> None:
+        def after_fork(**_: Any) -> None:
+            # Connections inherited from the parent must not be shared with it.
+            if self._journal is not None and isinstance(self._journal, SQLJournal):
+                self._journal.engine.dispose(close=False)
+            self._redis = None
+            self.wakeups = self._make_wakeups()
+            self.notifier = self._make_notifier()
+            self.dispatcher.wakeups = self.wakeups
+            self._stepper = None
+
+        def on_init(sender: Any = None, **_: Any) -> None:
+            if _app_of(sender) is self.app:
+                self.load_workflow_modules()
+
+        def on_ready(sender: Any = None, **_: Any) -> None:
+            if _app_of(sender) is not self.app:
+                return
+            try:
+                self.record_versions()
+            except ConfigurationError:
+                log.error("continuum: the journal is not usable; run `continuum migrate`", exc_info=True)
+                raise
+            self.start_pump()
+
+        def on_shutdown(sender: Any = None, **_: Any) -> None:
+            self.stop_pump()
+
+        signals.worker_process_init.connect(after_fork, weak=False)
+        signals.worker_init.connect(on_init, weak=False)
+        signals.worker_ready.connect(on_ready, weak=False)
+        signals.worker_shutdown.connect(on_shutdown, weak=False)
+
+
+def _app_of(sender: Any) -> Any:
+    return getattr(sender, "app", None)
+
+
+def _as_list(routes: Any) -> list[Any]:
+    if not routes:
+        return []
+    return list(routes) if isinstance(routes, (list, tuple)) else [routes]
+
+
+def current(name: str | None = None) -> Continuum:
+    """The installed engine (by name, or the most recent); the default app's if none was installed."""
+    if name is not None:
+        try:
+            return _engines[name]
+        except KeyError:
+            raise ConfigurationError(f"no Continuum engine named {name!r}; installed: {sorted(_engines)}") from None
+    if _current is None:
+        from .app import get_default_app
+
+        get_default_app()
+    assert _current is not None
+    return _current

@@ -1,0 +1,259 @@
+"""The journal contract: what every adapter (in-memory, SQL) guarantees.
+
+Invariants every implementation keeps (each has a test in tests/journal):
+
+1. A claim increments the run's ``lease_token``; a write that carries a stale
+   token raises ``LeaseLost`` and changes nothing.
+2. A run's events are numbered 1..n without gap or duplicate.
+3. A run reaches a terminal state at most once.
+4. An activity task attempt completes at most once; a late or duplicate
+   completion is dropped.
+5. Everything needed to resume lives here: wake-ups and dispatches are
+   re-derivable from ``next_wakeup_at``, task states and ``dispatched_at``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..events import Event, NewEvent
+from ..replay import Outcome
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run row as the journal holds it."""
+
+    id: str
+    workflow: str
+    version_hash: str
+    version: int
+    state: str
+    input: Any
+    result: Any
+    error: dict[str, Any] | None
+    lease_token: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    next_wakeup_at: datetime | None
+    last_seq: int
+    parent_run_id: str | None
+    parent_command_id: int | None
+    correlation_id: str
+    continued_from_run_id: str | None
+    cancel_requested: bool
+    stuck_reason: str | None
+    trace_context: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled", "continued")
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What starting a run writes."""
+
+    id: str
+    workflow: str
+    version_hash: str
+    version: int
+    input: Any
+    parent_run_id: str | None = None
+    parent_command_id: int | None = None
+    correlation_id: str | None = None
+    continued_from_run_id: str | None = None
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof of holding a run: its fencing token."""
+
+    run_id: str
+    token: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A Celery message to send once the transaction that decided it has committed.
+
+    ``kind`` is ``replay`` (``id`` = run id) or ``activity`` (``id`` = task id, with ``attempt``).
+    """
+
+    kind: str
+    id: str
+    queue: str | None = None
+    attempt: int = 0
+    label: str = ""
+    due: datetime | None = None
+
+
+@dataclass
+class StepStart:
+    """A claimed run, its new outcomes resolved, and the events after the caller's position."""
+
+    lease: Lease
+    run: RunRecord
+    events: list[Event]
+    now: datetime
+    wake_seq: int
+    dispatches: list[Dispatch] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """What committing a decision produced."""
+
+    last_seq: int
+    dispatches: list[Dispatch] = field(default_factory=list)
+    runnable_again: bool = False
+    next_wakeup_at: datetime | None = None
+    finished_state: str | None = None
+    continued_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ActivityClaim:
+    """An activity (or compensation) attempt this worker now owns."""
+
+    task_id: str
+    run_id: str
+    kind: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    retry_policy: dict[str, Any]
+    timeout: float | None
+    idempotency_key: str | None
+    compensated_result: Any = None
+
+
+@dataclass(frozen=True)
+class ActivityOutcome:
+    """What finishing an attempt did: ``completed``, ``failed``, ``retry`` or ``stale``."""
+
+    status: str
+    dispatches: list[Dispatch] = field(default_factory=list)
+
+
+class Journal(ABC):
+    """The contract shared by every journal adapter."""
+
+    # ---- runs --------------------------------------------------------------------------
+    @abstractmethod
+    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
+        """Insert a pending run with its ``run_started`` event; idempotent on ``run.id``.
+
+        Returns (the run, whether it was created now).
+
+        Raises:
+            RunConflict: the id exists with another workflow or input.
+        """
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord:
+        """Raises RunNotFound."""
+
+    @abstractmethod
+    def history(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        """The run's events after ``after_seq``, in order."""
+
+    @abstractmethod
+    def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        state: str | None = None,
+        created_after: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs newest first, filtered."""
+
+    @abstractmethod
+    def continued_to(self, run_id: str) -> str | None:
+        """The id of the run that continued ``run_id`` as new, if any."""
+
+    # ---- steps -------------------------------------------------------------------------
+    @abstractmethod
+    def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
+        """Claim a runnable run, append the outcomes now available, return events after ``after_seq``.
+
+        Returns None when the run is not claimable (held, finished, stuck, or not yet due).
+        """
+
+    @abstractmethod
+    def commit_step(
+        self,
+        lease: Lease,
+        commands: Sequence[NewEvent],
+        outcome: Outcome | None,
+        *,
+        wake_seq: int,
+        child_versions: dict[str, tuple[str, int]],
+        continue_version: tuple[str, int] | None = None,
+    ) -> StepResult:
+        """Append the decision's commands, create their rows, then suspend or finish the run.
+
+        Raises:
+            LeaseLost: the lease moved on; nothing was written.
+        """
+
+    @abstractmethod
+    def renew(self, lease: Lease, ttl: float) -> None:
+        """Extend the lease. Raises LeaseLost."""
+
+    @abstractmethod
+    def release(self, lease: Lease, stuck_reason: str | None = None) -> None:
+        """Give the run back untouched (suspended), optionally parked with ``stuck_reason``."""
+
+    # ---- activities --------------------------------------------------------------------
+    @abstractmethod
+    def claim_activity(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
+        """Start an attempt; None for a duplicate, late or early delivery."""
+
+    @abstractmethod
+    def finish_activity(
+        self, claim: ActivityClaim, *, result: Any = None, error: dict[str, Any] | None = None, retryable: bool = True
+    ) -> ActivityOutcome:
+        """Record an attempt's end; schedule a retry or wake the run."""
+
+    # ---- outside input -----------------------------------------------------------------
+    @abstractmethod
+    def send_signal(self, run_id: str, name: str, payload: Any) -> list[Dispatch]:
+        """Store a signal in the run's inbox. Raises RunNotFound / RunFinished."""
+
+    @abstractmethod
+    def request_cancel(self, run_id: str) -> list[Dispatch]:
+        """Ask the run to stop. Raises RunNotFound / RunFinished; twice is harmless."""
+
+    @abstractmethod
+    def request_retry(self, run_id: str, who: str) -> list[Dispatch]:
+        """Unpark a stuck run or re-run a failed step, with an audit event."""
+
+    # ---- sweep -------------------------------------------------------------------------
+    @abstractmethod
+    def sweep(self, *, batch: int, redispatch_after: float) -> list[Dispatch]:
+        """Re-derive due work: runs due or with expired leases, activity tasks due or expired."""
+
+    # ---- versions ----------------------------------------------------------------------
+    @abstractmethod
+    def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> None:
+        """Record (workflow, version_hash, version, module) loaded by ``hostname``."""
+
+    @abstractmethod
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Per (workflow, hash): version, hostnames, first/last seen, pinned non-terminal runs."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,137 @@
+"""One replay step of a run: claim, resolve, replay, commit, dispatch.
+
+This is what ``continuum.replay`` does. A step that finds more work waiting
+when it commits (an activity finished meanwhile, an idempotent result was
+already stored) goes on in the same task instead of sending another message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from . import telemetry
+from .cache import ExecutionCache
+from .context import RunInfo, context_factory
+from .dispatch import Dispatcher
+from .errors import LeaseLost, NondeterminismError
+from .events import Kind
+from .journal.base import Journal, StepStart
+from .leases import LeaseRenewer
+from .notify import Notifier
+from .replay import ContinueAsNew, Execution
+from .versioning import Registry
+
+log = logging.getLogger(__name__)
+
+#: Steps one task takes at most before it hands the run back to the queue (fairness).
+MAX_STEPS_PER_TASK = 1000
+
+
+@dataclass
+class Stepper:
+    """Advances runs; shared by the Celery task and the embedded worker."""
+
+    journal: Journal
+    registry: Registry
+    dispatcher: Dispatcher
+    notifier: Notifier | None
+    cache: ExecutionCache
+    renewer: LeaseRenewer
+    owner: str
+    lease_ttl: float
+    max_payload_bytes: int
+
+    def step(self, run_id: str) -> str:
+        """Advance ``run_id`` as far as it can go now; return the run's state afterwards (or ``skipped``)."""
+        state = "skipped"
+        for _ in range(MAX_STEPS_PER_TASK):
+            execution = self.cache.take(run_id)
+            start = self.journal.begin_step(run_id, self.owner, self.lease_ttl, execution.last_seq if execution else 0)
+            if start is None:
+                if execution is not None:
+                    self.cache.put(run_id, execution)
+                return state
+            self.dispatcher.send(start.dispatches)
+            state, again = self._advance(start, execution)
+            if not again:
+                return state
+        self.dispatcher.replay(run_id)
+        return state
+
+    def _advance(self, start: StepStart, execution: Execution | None) -> tuple[str, bool]:
+        run = start.run
+        began = time.perf_counter()
+        defn = self.registry.find(run.workflow, run.version_hash)
+        if defn is None:
+            telemetry.emit("unknown_version", run_id=run.id, workflow=run.workflow, version_hash=run.version_hash)
+            log.warning(
+                "run %s needs %s version %s, which this worker has not loaded; leaving it suspended for a worker that has",
+                run.id, run.workflow, run.version_hash,
+            )
+            self.journal.release(start.lease, stuck_reason="unknown_version")
+            if execution is not None:
+                execution.close()
+            return "suspended", False
+        if execution is None:
+            info = RunInfo(run.id, run.workflow, run.version_hash, run.parent_run_id, run.correlation_id)
+            execution = Execution(
+                defn.fn, run.input, context_factory(info, self.max_payload_bytes), saga=getattr(defn, "saga", False), run_id=run.id
+            )
+        with self.renewer.hold(start.lease):
+            try:
+                decision = execution.advance(start.events, start.now)
+            except NondeterminismError as exc:
+                telemetry.emit("nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None))
+                log.error("%s", exc)
+                self.journal.release(start.lease, stuck_reason="nondeterminism")
+                return "suspended", False
+            child_versions = {}
+            for cmd in decision.commands:
+                if cmd.kind is Kind.CHILD_STARTED and cmd.name:
+                    child = self.registry.current(cmd.name)
+                    child_versions[cmd.name] = (child.version_hash, child.version)
+            continue_version = None
+            if isinstance(decision.outcome, ContinueAsNew):
+                current = self.registry.current(run.workflow)
+                continue_version = (current.version_hash, current.version)
+            try:
+                result = self.journal.commit_step(
+                    start.lease,
+                    decision.commands,
+                    decision.outcome,
+                    wake_seq=start.wake_seq,
+                    child_versions=child_versions,
+                    continue_version=continue_version,
+                )
+            except LeaseLost:
+                execution.close()
+                telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
+                raise
+        execution.acknowledge(result.last_seq)
+        telemetry.emit(
+            "replay_step", run_id=run.id, workflow=run.workflow,
+            duration=time.perf_counter() - began, events=len(start.events) + len(decision.commands),
+        )
+        self._emit_commands(run.id, run.workflow, decision.commands)
+        self.dispatcher.send(result.dispatches)
+        if result.finished_state is not None:
+            execution.close()
+            telemetry.emit(f"run_{result.finished_state}", run_id=run.id, workflow=run.workflow)
+            if self.notifier is not None:
+                try:
+                    self.notifier.publish_finished(run.id, result.finished_state)
+                except Exception:
+                    log.debug("finish notification of %s lost; waiters fall back to polling", run.id, exc_info=True)
+            return result.finished_state, False
+        self.cache.put(run.id, execution)
+        if result.next_wakeup_at is not None and not result.runnable_again:
+            self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at)
+        return "suspended", result.runnable_again
+
+    @staticmethod
+    def _emit_commands(run_id: str, workflow: str, commands: list) -> None:  # type: ignore[type-arg]
+        for cmd in commands:
+            if cmd.kind is Kind.ACTIVITY_SCHEDULED:
+                telemetry.emit("activity_scheduled", run_id=run_id, workflow=workflow, activity=cmd.name, attempt=1)

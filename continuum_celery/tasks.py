@@ -1,0 +1,79 @@
+"""The internal Celery tasks. Thin: each takes ids, and calls the stepper, executor or sweep.
+
+All use ``acks_late`` with ``reject_on_worker_lost`` (a crash redelivers the
+message; the row's compare-and-swap drops a duplicate), ignore their Celery
+results (results live in the journal) and never use Celery's own retries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import telemetry
+from .dispatch import ACTIVITY_TASK, REPLAY_TASK, START_TASK, SWEEP_TASK
+from .errors import InvalidArgument, LeaseLost
+from .executor import run_attempt
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .installer import Continuum
+
+TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "max_retries": 0,
+}
+
+
+def register_tasks(app: Celery, engine: Continuum) -> None:
+    """Define ``continuum.replay``, ``.activity``, ``.start`` and ``.sweep`` on ``app``."""
+
+    @app.task(name=REPLAY_TASK, **TASK_OPTIONS)
+    def replay(run_id: str) -> str:
+        """Advance a run by one or more replay steps."""
+        try:
+            return engine.stepper.step(run_id)
+        except LeaseLost:
+            return "lease_lost"
+
+    @app.task(name=ACTIVITY_TASK, **TASK_OPTIONS)
+    def activity(task_id: str, attempt: int) -> str:
+        """Run one attempt of an activity or compensation."""
+        return run_attempt(
+            engine.journal, engine.dispatcher, task_id, attempt, engine.owner,
+            celery_tasks=app.tasks, max_payload_bytes=engine.settings.max_payload_bytes,
+        )
+
+    @app.task(name=START_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=0)
+    def start(*args: Any, workflow: str, run_id: str | None = None) -> str:
+        """Start a run from a Celery canvas; returns the run id to the next link."""
+        if len(args) > 1:
+            raise InvalidArgument(
+                f"continuum.start for {workflow} got {len(args)} positional values; a workflow takes one "
+                "input (in a chain, the previous task's result): pass a single dict."
+            )
+        from .definitions import get_workflow
+
+        handle = engine.client.start(get_workflow(workflow), args[0] if args else None, run_id=run_id)
+        return handle.id
+
+    @app.task(name=SWEEP_TASK, ignore_result=True, max_retries=0)
+    def sweep() -> int:
+        """Re-derive and send every due dispatch from the journal."""
+        return engine.sweep_once()
+
+    del replay, activity, start, sweep
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    """Call ``fn`` and return (its value, seconds it took)."""
+    began = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - began
+
+
+def emit_sweep(dispatched: int, duration: float) -> None:
+    telemetry.emit("sweep", duration=duration, dispatched=dispatched, due_backlog=dispatched)
