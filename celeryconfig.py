@@ -18,7 +18,11 @@ broker_transport_options = {"visibility_timeout": 3600}
 worker_send_task_events = True
 task_send_sent_event = True
 imports = tuple(
-    m for m in os.environ.get("CONTINUUM_WORKFLOW_MODULES", "workflows.orders,workflows.approvals,workflows.fanout").split(",") if m
+    m
+    for m in os.environ.get(
+        "CONTINUUM_WORKFLOW_MODULES", "workflows.orders,workflows.approvals,workflows.fanout"
+    ).split(",")
+    if m
 )
 
 continuum_database_url = os.environ.get("CONTINUUM_DATABASE_URL", "sqlite:///continuum.sqlite3")

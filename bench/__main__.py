@@ -30,9 +30,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; see ``python -m bench --help``."""
     known = ", ".join(all_systems())
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", "-N", type=int, default=config.DEFAULT_STEPS, help="steps per workflow"
-    )
+    parser.add_argument("--steps", "-N", type=int, default=config.DEFAULT_STEPS, help="steps per workflow")
     parser.add_argument(
         "--workflows",
         "-W",
@@ -40,9 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=config.DEFAULT_WORKFLOWS,
         help="workflows submitted at once",
     )
-    parser.add_argument(
-        "--concurrency", "-C", type=int, default=config.DEFAULT_CONCURRENCY, help="worker processes"
-    )
+    parser.add_argument("--concurrency", "-C", type=int, default=config.DEFAULT_CONCURRENCY, help="worker processes")
     parser.add_argument(
         "--repetitions",
         "-R",
@@ -66,9 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also profile continuum workers (pyinstrument) and print top costs",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per phase"
-    )
+    parser.add_argument("--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per phase")
     parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get("BENCH_PG_ADMIN_URL", config.DEFAULT_PG_ADMIN_URL),
@@ -110,8 +104,7 @@ def measure(system: System, cfg: BenchConfig, logs: Path) -> Outcome:
             outcome.repetitions.append(rep)
             p50 = "-" if rep.p50_ms is None else f"{rep.p50_ms:.1f} ms"
             print(
-                f"{system.label}: repetition {i + 1}/{cfg.repetitions}: "
-                f"{rep.steps_per_s:.1f} steps/s, p50 {p50}",
+                f"{system.label}: repetition {i + 1}/{cfg.repetitions}: {rep.steps_per_s:.1f} steps/s, p50 {p50}",
                 flush=True,
             )
     except BenchError as exc:

@@ -77,9 +77,7 @@ class BenchConfig:
 
 def database_url_from_env() -> str:
     """The libpq URL of the benchmark database, as the harness passed it."""
-    return os.environ.get(
-        ENV_DATABASE_URL, DEFAULT_PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DEFAULT_DB_NAME}"
-    )
+    return os.environ.get(ENV_DATABASE_URL, DEFAULT_PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DEFAULT_DB_NAME}")
 
 
 def redis_url_from_env() -> str:

@@ -125,9 +125,7 @@ def pg_counters(admin_url: str, db_name: str) -> Counters:
             counters["wal_records"] = float(wal[0])
             counters["wal_bytes"] = float(wal[1])
         # The next transaction id to be assigned: only writing transactions take one.
-        next_xid = conn.execute(
-            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        ).fetchone()
+        next_xid = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
         if next_xid is not None:
             counters["write_xacts"] = float(next_xid[0])
         return counters
@@ -144,8 +142,7 @@ def wait_for_no_clients(admin_url: str, db_name: str, deadline_s: float = 60.0) 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         while True:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = %s AND backend_type = 'client backend'",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
                 (db_name,),
             ).fetchone()
             if row is not None and row[0] == 0:

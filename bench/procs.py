@@ -80,9 +80,7 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_driver(
-    args: Sequence[str], *, env: dict[str, str], timeout: float, log_path: Path
-) -> dict[str, Any]:
+def run_driver(args: Sequence[str], *, env: dict[str, str], timeout: float, log_path: Path) -> dict[str, Any]:
     """Run ``python -m bench.drive ARGS`` and return the JSON result it prints.
 
     Raises:
@@ -90,9 +88,7 @@ def run_driver(
     """
     argv = [sys.executable, "-m", "bench.drive", *args]
     try:
-        done = subprocess.run(
-            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"driver {' '.join(args)} timed out after {timeout:.0f}s") from exc
     with open(log_path, "a") as log:
@@ -131,16 +127,13 @@ def wait_celery_ready(
         while True:
             for proc in procs:
                 if proc.poll() is not None:
-                    raise BenchError(
-                        f"worker exited with {proc.returncode} while starting:\n{tail(log_path)}"
-                    )
+                    raise BenchError(f"worker exited with {proc.returncode} while starting:\n{tail(log_path)}")
             replies = control.control.ping(timeout=0.5) or []
             if len(replies) >= len(procs):
                 return
             if time.monotonic() >= end:
                 raise BenchError(
-                    f"{len(replies)}/{len(procs)} workers answered ping within {deadline_s:.0f}s:"
-                    f"\n{tail(log_path)}"
+                    f"{len(replies)}/{len(procs)} workers answered ping within {deadline_s:.0f}s:\n{tail(log_path)}"
                 )
     finally:
         control.close()

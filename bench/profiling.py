@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,8 @@ def top_costs(profile_dir: Path, limit: int = 20) -> str:
     if root is None:
         return "profile: no samples"
 
-    by_function: Counter[str] = Counter()
-    by_package: Counter[str] = Counter()
+    by_function: dict[str, float] = defaultdict(float)
+    by_package: dict[str, float] = defaultdict(float)
     stack = [root]
     while stack:
         frame = stack.pop()
@@ -100,7 +100,8 @@ def top_costs(profile_dir: Path, limit: int = 20) -> str:
     total = sum(by_package.values()) or 1.0
     lines = [f"profile: {len(paths)} worker process(es), {total:.2f}s of task time sampled"]
     lines.append("  self time by package:")
-    lines += [f"    {t / total:6.1%}  {name}" for name, t in by_package.most_common(limit)]
-    lines.append("  self time by function:")
-    lines += [f"    {t / total:6.1%}  {name}" for name, t in by_function.most_common(limit)]
+    for title, costs in (("package", by_package), ("function", by_function)):
+        lines.append(f"  self time by {title}:")
+        top = sorted(costs.items(), key=lambda item: item[1], reverse=True)[:limit]
+        lines += [f"    {t / total:6.1%}  {name}" for name, t in top]
     return "\n".join(lines)

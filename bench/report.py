@@ -34,9 +34,7 @@ class Outcome:
         """Per-figure medians across repetitions, or None if there are none."""
         if not self.repetitions:
             return None
-        medians = {
-            f.name: median(getattr(r, f.name) for r in self.repetitions) for f in fields(Repetition)
-        }
+        medians = {f.name: median(getattr(r, f.name) for r in self.repetitions) for f in fields(Repetition)}
         return Repetition(**medians)  # type: ignore[arg-type]
 
 
@@ -52,9 +50,7 @@ def render_table(outcomes: list[Outcome]) -> str:
         summary = outcome.summary()
         if summary is None:
             continue
-        rows.append(
-            [outcome.label, *(_cell(getattr(summary, attr), fmt) for _, attr, fmt in COLUMNS)]
-        )
+        rows.append([outcome.label, *(_cell(getattr(summary, attr), fmt) for _, attr, fmt in COLUMNS)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -55,9 +55,7 @@ class System(ABC):
         )
 
     @abstractmethod
-    def workers(
-        self, cfg: BenchConfig, logs: Path, **env: str
-    ) -> contextlib.AbstractContextManager[Any]:
+    def workers(self, cfg: BenchConfig, logs: Path, **env: str) -> contextlib.AbstractContextManager[Any]:
         """Start the worker processes, yield once they are ready, stop them on exit."""
 
     @abstractmethod
@@ -164,9 +162,7 @@ class _DbosProcess:
         try:
             line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
         except queue.Empty:
-            raise BenchError(
-                f"DBOS process gave no {word!r} in time:\n{tail(self.log_path)}"
-            ) from None
+            raise BenchError(f"DBOS process gave no {word!r} in time:\n{tail(self.log_path)}") from None
         if line is None:
             raise BenchError(f"DBOS process exited:\n{tail(self.log_path)}")
         head, *rest = line.split()
@@ -195,9 +191,7 @@ class DbosSystem(System):
         procs = []
         try:
             for _ in range(cfg.concurrency):
-                proc = spawn(
-                    argv, env=cfg.subprocess_env(**env), log_path=log_path, stdio_pipes=True
-                )
+                proc = spawn(argv, env=cfg.subprocess_env(**env), log_path=log_path, stdio_pipes=True)
                 procs.append(_DbosProcess(proc, log_path))
                 procs[-1].start_reader()
             deadline = time.monotonic() + READY_DEADLINE_S
@@ -238,12 +232,8 @@ class DbosSystem(System):
 def all_systems() -> dict[str, System]:
     """Every system the harness knows, by its ``--only`` name."""
     systems: list[System] = [
-        CeleryWorkerSystem(
-            "celery", "Celery chain", "bench.celery_chain", queue="bench.celery", beat=False
-        ),
-        CeleryWorkerSystem(
-            "celery-commit", "Celery+commit", "bench.celery_chain", queue="bench.celery", beat=False
-        ),
+        CeleryWorkerSystem("celery", "Celery chain", "bench.celery_chain", queue="bench.celery", beat=False),
+        CeleryWorkerSystem("celery-commit", "Celery+commit", "bench.celery_chain", queue="bench.celery", beat=False),
         ContinuumSystem(),
         DbosSystem(),
     ]

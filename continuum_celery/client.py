@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import telemetry, tracing
@@ -40,7 +41,8 @@ def validate_signal_name(name: Any) -> str:
     """Return ``name`` if it is a usable signal name. Raises InvalidArgument."""
     if not isinstance(name, str) or not _SIGNAL_NAME.match(name):
         raise InvalidArgument(
-            f"signal name {name!r} is malformed: use 1 to 200 letters, digits and . _ : -.", signal=repr(name)
+            f"signal name {name!r} is malformed: use 1 to 200 letters, digits and . _ : -.",
+            signal=repr(name),
         )
     return name
 
@@ -55,10 +57,17 @@ class Client:
         """Create the run (idempotent on ``run_id``) and dispatch its first step."""
         run_id = validate_run_id(run_id) if run_id is not None else str(uuid.uuid4())
         check_json(input, f"input of workflow {defn.name}", self._engine.settings.max_payload_bytes)
-        with tracing.span("continuum.start", attributes={"continuum.workflow": defn.name, "continuum.run_id": run_id}):
+        with tracing.span(
+            "continuum.start",
+            attributes={"continuum.workflow": defn.name, "continuum.run_id": run_id},
+        ):
             new = NewRun(
-                id=run_id, workflow=defn.name, version_hash=defn.version_hash, version=defn.version,
-                input=roundtrip(input), trace_context=tracing.new_trace_context(),
+                id=run_id,
+                workflow=defn.name,
+                version_hash=defn.version_hash,
+                version=defn.version,
+                input=roundtrip(input),
+                trace_context=tracing.new_trace_context(),
             )
             _, created = self._engine.journal.create_run(new)
         if created:
@@ -143,14 +152,19 @@ class RunHandle:
                 return record.result
             if record.state in ("failed", "cancelled"):
                 error = record.error or {}
+                reason = f"{error.get('type', '')}: {error.get('message', '')}"
                 raise WorkflowFailed(
-                    f"run {run_id} ({record.workflow}) {record.state}: {error.get('type', '')}: {error.get('message', '')}",
-                    run_id=run_id, state=record.state, error=error,
+                    f"run {run_id} ({record.workflow}) {record.state}: {reason}",
+                    run_id=run_id,
+                    state=record.state,
+                    error=error,
                 )
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"run {self.id} did not finish within {timeout} s (it is {record.state})")
-            watched = run_id
-            notifier.wait_finished(
-                watched, remaining, lambda: journal.get_run(watched).state in ("completed", "failed", "cancelled", "continued")
-            )
+            notifier.wait_finished(run_id, remaining, _finished_check(journal, run_id))
+
+
+def _finished_check(journal: Any, run_id: str) -> Callable[[], bool]:
+    """The authoritative "has it ended?" probe a notifier falls back on."""
+    return lambda: journal.get_run(run_id).terminal

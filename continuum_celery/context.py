@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, get_activity
 from .errors import (
@@ -102,7 +102,12 @@ class ChildHandle(_Future):
 class WorkflowContext:
     """The body's handle on its run; the first argument of every workflow function."""
 
-    def __init__(self, execution: Execution, info: RunInfo, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        execution: Execution,
+        info: RunInfo,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self._execution = execution
         self.info = info
         self._max_payload = max_payload_bytes
@@ -148,7 +153,8 @@ class WorkflowContext:
         check_json(kwargs, f"keyword arguments of activity {name}", self._max_payload)
         if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 200):
             raise InvalidArgument(
-                f"idempotency_key for {name} must be a non-empty str of at most 200 characters, got {idempotency_key!r}."
+                f"idempotency_key for {name} must be a non-empty str of at most 200 characters, "
+                f"got {idempotency_key!r}."
             )
         policy = retry or (defn.retry if defn else None) or RetryPolicy()
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
@@ -251,7 +257,8 @@ class WorkflowContext:
         from .client import validate_run_id
 
         # Derived from the parent and the command number, so a replay names the same child.
-        proposed = validate_run_id(run_id) if run_id else str(uuid.uuid5(uuid.UUID(self.run_id), f"child-{self._execution.last_seq}-{wf.name}"))
+        derived = uuid.uuid5(uuid.NAMESPACE_URL, f"continuum:{self.run_id}:child:{self._execution.next_command_id}")
+        proposed = validate_run_id(run_id) if run_id else str(derived)
         cid, payload = self._execution.command(
             Kind.CHILD_STARTED,
             wf.name,
@@ -309,19 +316,33 @@ class WorkflowContext:
             ccid, _ = self._execution.command(
                 Kind.COMPENSATION_SCHEDULED,
                 name,
-                {"for_command": cid, "args": scheduled["args"], "kwargs": scheduled["kwargs"], "result": result.get("result"),
-                 "retry": scheduled["retry"], "queue": scheduled["queue"], "timeout": scheduled["timeout"]},
+                {
+                    "for_command": cid,
+                    "args": scheduled["args"],
+                    "kwargs": scheduled["kwargs"],
+                    "result": result.get("result"),
+                    "retry": scheduled["retry"],
+                    "queue": scheduled["queue"],
+                    "timeout": scheduled["timeout"],
+                },
             )
             event = _Future(self, ccid, f"compensation of {name}")._event()
             ok = event.kind is Kind.COMPENSATION_COMPLETED
-            outcomes.append({"activity": name, "command_id": cid, "ok": ok, "error": None if ok else event.payload.get("error")})
+            outcomes.append(
+                {
+                    "activity": name,
+                    "command_id": cid,
+                    "ok": ok,
+                    "error": None if ok else event.payload.get("error"),
+                }
+            )
         return outcomes
 
     # ---- internals ---------------------------------------------------------------------
 
     def checked_result(self, value: T) -> T:
         check_json(value, f"result of workflow {self.info.workflow}", self._max_payload)
-        return roundtrip(value)  # type: ignore[no-any-return]
+        return cast(T, roundtrip(value))
 
     def _track_completion(self, event: Event) -> None:
         if event.kind is Kind.ACTIVITY_COMPLETED and event.command_id is not None:
@@ -342,23 +363,30 @@ class WorkflowContext:
             raise ActivityFailed(
                 f"activity {event.name} failed after {payload.get('attempts', '?')} attempt(s): "
                 f"{error.get('type', 'Error')}: {message}",
-                activity=event.name, error=error, attempts=payload.get("attempts"),
+                activity=event.name,
+                error=error,
+                attempts=payload.get("attempts"),
             )
         if kind is Kind.SIGNAL_TIMED_OUT:
             raise SignalTimeout(f"signal {event.name!r} did not arrive in time", signal=event.name)
         if kind is Kind.CHILD_FAILED:
             raise ChildFailed(
                 f"child run {payload.get('run_id')} ({event.name}) failed: {error.get('type', 'Error')}: {message}",
-                run_id=payload.get("run_id"), workflow=event.name, error=error,
+                run_id=payload.get("run_id"),
+                workflow=event.name,
+                error=error,
             )
         if kind is Kind.CHILD_CANCELLED:
             raise ChildCancelled(
                 f"child run {payload.get('run_id')} ({event.name}) was cancelled",
-                run_id=payload.get("run_id"), workflow=event.name,
+                run_id=payload.get("run_id"),
+                workflow=event.name,
             )
         raise InvalidArgument(f"unexpected outcome {kind.value} for command {event.command_id}")
 
 
-def context_factory(info: RunInfo, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Callable[[Execution], WorkflowContext]:
+def context_factory(
+    info: RunInfo, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Callable[[Execution], WorkflowContext]:
     """A ``make_context`` for :class:`Execution` bound to one run."""
     return lambda execution: WorkflowContext(execution, info, max_payload_bytes)

@@ -50,9 +50,7 @@ class RetryPolicy:
         if self.max_attempts < 1:
             raise DefinitionError(f"RetryPolicy(max_attempts={self.max_attempts}): use 1 or more.")
         if self.initial_interval < 0 or self.backoff < 1 or self.max_interval < 0:
-            raise DefinitionError(
-                "RetryPolicy needs initial_interval >= 0, backoff >= 1 and max_interval >= 0."
-            )
+            raise DefinitionError("RetryPolicy needs initial_interval >= 0, backoff >= 1 and max_interval >= 0.")
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before ``attempt`` (2 for the first retry)."""
@@ -169,12 +167,8 @@ def activity(
             raise DefinitionError(f"@activity needs a plain (non-async) function, got {f!r}.")
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         if seconds is not None and seconds <= 0:
-            raise DefinitionError(
-                f"@activity(timeout={timeout!r}): use a positive number of seconds."
-            )
-        defn = ActivityDefinition(
-            f, name or _qualified_name(f), retry or DEFAULT_RETRY, queue, seconds
-        )
+            raise DefinitionError(f"@activity(timeout={timeout!r}): use a positive number of seconds.")
+        defn = ActivityDefinition(f, name or _qualified_name(f), retry or DEFAULT_RETRY, queue, seconds)
         _register_activity(defn)
         return defn
 
@@ -230,14 +224,10 @@ def _check_workflow_signature(fn: Callable[..., Any]) -> None:
     if not callable(fn) or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
         raise DefinitionError(f"@workflow needs a plain function of (ctx, input), got {fn!r}.")
     params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     required_extra = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+        p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
     ]
     if len(params) != 2 or required_extra:
         raise DefinitionError(

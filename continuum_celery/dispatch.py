@@ -60,7 +60,12 @@ class Dispatcher:
         self._send(REPLAY_TASK, [run_id], self.queue, f"{label} run={run_id}")
 
     def activity(self, task_id: str, attempt: int, queue: str | None, label: str = "") -> None:
-        self._send(ACTIVITY_TASK, [task_id, attempt], queue or self.queue, f"{label} task={task_id} attempt={attempt}")
+        self._send(
+            ACTIVITY_TASK,
+            [task_id, attempt],
+            queue or self.queue,
+            f"{label} task={task_id} attempt={attempt}",
+        )
 
     def schedule_wakeup(self, run_id: str, due: datetime) -> None:
         """Wake the run at ``due`` (best effort; the sweep covers a lost wake-up)."""
@@ -69,7 +74,11 @@ class Dispatcher:
         try:
             self.wakeups.schedule(run_member(run_id), due.timestamp())
         except Exception:
-            log.warning("could not schedule the wake-up of run %s; the sweep will cover it", run_id, exc_info=True)
+            log.warning(
+                "could not schedule the wake-up of run %s; the sweep will cover it",
+                run_id,
+                exc_info=True,
+            )
 
     def dispatch_member(self, member: str) -> None:
         """Called by the wake-up pump with a due member."""

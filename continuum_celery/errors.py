@@ -84,6 +84,9 @@ class UnknownWorkflow(ContinuumError):
 class UnknownVersion(ContinuumError):
     """The run's (workflow, version_hash) is not loaded in this process."""
 
+    workflow: str
+    version_hash: str
+
 
 class RunNotFound(ContinuumError):
     """No run exists with that id."""
@@ -104,13 +107,25 @@ class JournalError(ContinuumError):
 class LeaseLost(JournalError):
     """The run's lease moved on (a newer fencing token exists); the write was not applied."""
 
+    run_id: str
+    token: int
+
 
 class NondeterminismError(ContinuumError):
     """Replaying the code did not reproduce the run's history."""
 
+    run_id: str
+    seq: int
+    recorded: str
+    requested: str
+
 
 class WorkflowFailed(ContinuumError):
     """Client side: the awaited run ended ``failed`` or ``cancelled``."""
+
+    run_id: str
+    state: str
+    error: dict[str, Any]
 
 
 class WorkflowError(ContinuumError):
@@ -120,6 +135,10 @@ class WorkflowError(ContinuumError):
 class ActivityFailed(WorkflowError):
     """An activity failed on its last attempt (or with a non-retryable error)."""
 
+    activity: str
+    error: dict[str, Any]
+    attempts: int
+
 
 class SignalTimeout(WorkflowError):
     """``ctx.wait_signal(name, timeout=...)`` elapsed before the signal arrived."""
@@ -127,6 +146,10 @@ class SignalTimeout(WorkflowError):
 
 class ChildFailed(WorkflowError):
     """A child workflow run ended ``failed``."""
+
+    run_id: str
+    workflow: str
+    error: dict[str, Any]
 
 
 class ChildCancelled(WorkflowError):

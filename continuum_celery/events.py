@@ -75,9 +75,7 @@ COMMANDS = frozenset(
         Kind.COMPENSATION_SCHEDULED,
     }
 )
-TERMINAL_EVENTS = frozenset(
-    {Kind.RUN_COMPLETED, Kind.RUN_FAILED, Kind.RUN_CANCELLED, Kind.RUN_CONTINUED}
-)
+TERMINAL_EVENTS = frozenset({Kind.RUN_COMPLETED, Kind.RUN_FAILED, Kind.RUN_CANCELLED, Kind.RUN_CONTINUED})
 
 
 @dataclass(frozen=True)

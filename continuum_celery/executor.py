@@ -50,7 +50,7 @@ def run_attempt(
     claim = journal.claim_activity(task_id, attempt, owner)
     if claim is None:
         return "dropped"
-    fields = {"activity": claim.name, "attempt": claim.attempt}
+    fields: dict[str, Any] = {"activity": claim.name, "attempt": claim.attempt}
     telemetry.emit("activity_started", run_id=claim.run_id, **fields)
     fn = _resolve(claim, celery_tasks)
     began = time.perf_counter()
@@ -59,7 +59,8 @@ def run_attempt(
     retryable = True
     if fn is None:
         error = {
-            "type": "ActivityNotRegistered", "module": "continuum_celery.errors",
+            "type": "ActivityNotRegistered",
+            "module": "continuum_celery.errors",
             "message": f"{claim.kind} {claim.name!r} is not loaded in worker {owner}; "
             "import its module in the worker (Celery `imports` or Continuum(workflow_modules=...)).",
         }
@@ -79,6 +80,12 @@ def run_attempt(
     elif outcome.status in ("completed", "failed"):
         telemetry.emit(f"activity_{outcome.status}", run_id=claim.run_id, duration=duration, **fields)
     if error is not None:
-        log.warning("activity %s attempt %d of run %s failed: %s", claim.name, claim.attempt, claim.run_id, error["message"])
+        log.warning(
+            "activity %s attempt %d of run %s failed: %s",
+            claim.name,
+            claim.attempt,
+            claim.run_id,
+            error["message"],
+        )
     dispatcher.send(outcome.dispatches)
     return outcome.status

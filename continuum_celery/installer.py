@@ -63,7 +63,9 @@ class Continuum:
     ) -> None:
         global _current
         self.app = app
-        self.settings = Settings.resolve(app.conf, database_url=database_url, redis_url=redis_url, name=name, **settings)
+        self.settings = Settings.resolve(
+            app.conf, database_url=database_url, redis_url=redis_url, name=name, **settings
+        )
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._journal = journal
         self._lock = threading.Lock()
@@ -78,8 +80,11 @@ class Continuum:
         register_tasks(app, self)
         app.conf.beat_schedule = {
             **(app.conf.beat_schedule or {}),
-            f"continuum-sweep-{self.settings.name}": {"task": SWEEP_TASK, "schedule": self.settings.sweep_interval,
-                                                      **({"options": {"queue": self.settings.queue}} if self.settings.queue else {})},
+            f"continuum-sweep-{self.settings.name}": {
+                "task": SWEEP_TASK,
+                "schedule": self.settings.sweep_interval,
+                **({"options": {"queue": self.settings.queue}} if self.settings.queue else {}),
+            },
         }
         if self.settings.queue:
             routes = {f"continuum.{n}": {"queue": self.settings.queue} for n in ("replay", "start", "sweep")}
@@ -96,7 +101,9 @@ class Continuum:
             with self._lock:
                 if self._journal is None:
                     self._journal = SQLJournal(
-                        self.settings.database_url, activity_timeout=self.settings.activity_timeout, queue=self.settings.queue
+                        self.settings.database_url,
+                        activity_timeout=self.settings.activity_timeout,
+                        queue=self.settings.queue,
                     )
         return self._journal
 
@@ -107,9 +114,15 @@ class Continuum:
                 if self._stepper is None:
                     journal = self.journal
                     self._stepper = Stepper(
-                        journal=journal, registry=workflow_registry, dispatcher=self.dispatcher, notifier=self.notifier,
-                        cache=self.cache, renewer=LeaseRenewer(journal, self.settings.lease_ttl), owner=self.owner,
-                        lease_ttl=self.settings.lease_ttl, max_payload_bytes=self.settings.max_payload_bytes,
+                        journal=journal,
+                        registry=workflow_registry,
+                        dispatcher=self.dispatcher,
+                        notifier=self.notifier,
+                        cache=self.cache,
+                        renewer=LeaseRenewer(journal, self.settings.lease_ttl),
+                        owner=self.owner,
+                        lease_ttl=self.settings.lease_ttl,
+                        max_payload_bytes=self.settings.max_payload_bytes,
                     )
         return self._stepper
 
@@ -151,7 +164,10 @@ class Continuum:
 
     def record_versions(self) -> None:
         """Upsert the workflow versions this process has loaded into the journal."""
-        loaded = [(d.name, d.version_hash, d.version, getattr(d.fn, "__module__", "")) for d in workflow_registry.definitions()]
+        loaded = [
+            (d.name, d.version_hash, d.version, getattr(d.fn, "__module__", ""))
+            for d in workflow_registry.definitions()
+        ]
         self.journal.upsert_versions(socket.gethostname(), loaded)
 
     def start_pump(self) -> None:

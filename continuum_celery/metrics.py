@@ -47,8 +47,7 @@ def _prometheus() -> Any:
         import prometheus_client
     except ImportError as exc:
         raise ConfigurationError(
-            "Prometheus metrics need prometheus-client: "
-            "run `pip install continuum-celery[metrics]`",
+            "Prometheus metrics need prometheus-client: run `pip install continuum-celery[metrics]`",
             missing="prometheus-client",
         ) from exc
     return prometheus_client
@@ -75,9 +74,7 @@ class PrometheusMetrics:
             ConfigurationError: prometheus-client is not installed.
         """
         prom = _prometheus()
-        self.registry: CollectorRegistry = (
-            registry if registry is not None else prom.CollectorRegistry()
-        )
+        self.registry: CollectorRegistry = registry if registry is not None else prom.CollectorRegistry()
         reg = self.registry
         self.runs = prom.Counter(
             PREFIX + "runs_total",
@@ -91,15 +88,11 @@ class PrometheusMetrics:
             ["activity", "outcome"],
             registry=reg,
         )
-        self.timers_fired = prom.Counter(
-            PREFIX + "timers_fired_total", "Durable timers fired.", registry=reg
-        )
+        self.timers_fired = prom.Counter(PREFIX + "timers_fired_total", "Durable timers fired.", registry=reg)
         self.signals_received = prom.Counter(
             PREFIX + "signals_received_total", "Signals delivered to runs.", registry=reg
         )
-        self.lease_lost = prom.Counter(
-            PREFIX + "lease_lost_total", "Writes refused for a stale lease.", registry=reg
-        )
+        self.lease_lost = prom.Counter(PREFIX + "lease_lost_total", "Writes refused for a stale lease.", registry=reg)
         self.unknown_version = prom.Counter(
             PREFIX + "unknown_version_total",
             "Runs this worker could not resume for lack of their version.",
@@ -172,9 +165,7 @@ class PrometheusMetrics:
         """
         if self._server is None:
             try:
-                self._server, _thread = _prometheus().start_http_server(
-                    port, addr=addr, registry=self.registry
-                )
+                self._server, _thread = _prometheus().start_http_server(port, addr=addr, registry=self.registry)
             except OSError as exc:
                 raise ConfigurationError(
                     f"cannot serve Prometheus metrics on {addr}:{port}: {exc}",

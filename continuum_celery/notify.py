@@ -103,9 +103,7 @@ class RedisNotifier:
         fallback_interval: float = DEFAULT_FALLBACK_INTERVAL,
     ) -> None:
         if not fallback_interval > 0:
-            raise InvalidArgument(
-                "fallback_interval must be positive", fallback_interval=fallback_interval
-            )
+            raise InvalidArgument("fallback_interval must be positive", fallback_interval=fallback_interval)
         self._client = client
         self._prefix = prefix
         self._fallback_interval = fallback_interval
@@ -225,9 +223,7 @@ class LocalNotifier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not fallback_interval > 0:
-            raise InvalidArgument(
-                "fallback_interval must be positive", fallback_interval=fallback_interval
-            )
+            raise InvalidArgument("fallback_interval must be positive", fallback_interval=fallback_interval)
         self._fallback_interval = fallback_interval
         self._clock = clock
         self._cond = threading.Condition()

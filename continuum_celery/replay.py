@@ -168,9 +168,7 @@ class Execution:
             self.last_seq = event.seq
             if event.is_command:
                 self._commands.append(event)
-            elif event.is_outcome:
-                self._outcomes.append(event)
-            elif event.kind in TERMINAL_EVENTS:
+            elif event.is_outcome or event.kind in TERMINAL_EVENTS:
                 self._outcomes.append(event)
         self._new = []
         self._handoff.resume()
@@ -211,6 +209,11 @@ class Execution:
         self._new.append(NewEvent(kind=kind, command_id=cid, name=name, payload=payload))
         return cid, payload
 
+    @property
+    def next_command_id(self) -> int:
+        """The id the next command will get."""
+        return self._next_command_id
+
     def peek_command(self) -> Event | None:
         """The next recorded command not yet matched (for ``patched()``)."""
         return self._commands[0] if self._commands else None
@@ -241,7 +244,11 @@ class Execution:
                 continue
             if self._commands:
                 recorded = self._commands[0]
-                self._fatal(recorded.seq, f"{recorded.kind.value} {recorded.name!r}", f"a wait on {waiting_for}")
+                self._fatal(
+                    recorded.seq,
+                    f"{recorded.kind.value} {recorded.name!r}",
+                    f"a wait on {waiting_for}",
+                )
             self._handoff.pause()
 
     def _reveal(self, event: Event) -> None:

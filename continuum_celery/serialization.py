@@ -80,9 +80,7 @@ def check_json(value: Any, what: str, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
 def dumps(value: Any) -> str:
     """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def loads(text: str | bytes | None) -> Any:
@@ -108,6 +106,4 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
 
 def error_matches(error: dict[str, Any], types: tuple[type[BaseException], ...]) -> bool:
     """True if an encoded error names one of ``types`` (by module and qualified name)."""
-    return any(
-        error.get("type") == t.__qualname__ and error.get("module") == t.__module__ for t in types
-    )
+    return any(error.get("type") == t.__qualname__ and error.get("module") == t.__module__ for t in types)

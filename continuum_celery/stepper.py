@@ -16,7 +16,7 @@ from .cache import ExecutionCache
 from .context import RunInfo, context_factory
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
-from .events import Kind
+from .events import Kind, NewEvent
 from .journal.base import Journal, StepStart
 from .leases import LeaseRenewer
 from .notify import Notifier
@@ -65,10 +65,18 @@ class Stepper:
         began = time.perf_counter()
         defn = self.registry.find(run.workflow, run.version_hash)
         if defn is None:
-            telemetry.emit("unknown_version", run_id=run.id, workflow=run.workflow, version_hash=run.version_hash)
+            telemetry.emit(
+                "unknown_version",
+                run_id=run.id,
+                workflow=run.workflow,
+                version_hash=run.version_hash,
+            )
             log.warning(
-                "run %s needs %s version %s, which this worker has not loaded; leaving it suspended for a worker that has",
-                run.id, run.workflow, run.version_hash,
+                "run %s needs %s version %s, which this worker has not loaded; "
+                "leaving it suspended for a worker that has it",
+                run.id,
+                run.workflow,
+                run.version_hash,
             )
             self.journal.release(start.lease, stuck_reason="unknown_version")
             if execution is not None:
@@ -77,13 +85,22 @@ class Stepper:
         if execution is None:
             info = RunInfo(run.id, run.workflow, run.version_hash, run.parent_run_id, run.correlation_id)
             execution = Execution(
-                defn.fn, run.input, context_factory(info, self.max_payload_bytes), saga=getattr(defn, "saga", False), run_id=run.id
+                defn.fn,
+                run.input,
+                context_factory(info, self.max_payload_bytes),
+                saga=getattr(defn, "saga", False),
+                run_id=run.id,
             )
         with self.renewer.hold(start.lease):
             try:
                 decision = execution.advance(start.events, start.now)
             except NondeterminismError as exc:
-                telemetry.emit("nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None))
+                telemetry.emit(
+                    "nondeterminism",
+                    run_id=run.id,
+                    workflow=run.workflow,
+                    seq=getattr(exc, "seq", None),
+                )
                 log.error("%s", exc)
                 self.journal.release(start.lease, stuck_reason="nondeterminism")
                 return "suspended", False
@@ -111,8 +128,11 @@ class Stepper:
                 raise
         execution.acknowledge(result.last_seq)
         telemetry.emit(
-            "replay_step", run_id=run.id, workflow=run.workflow,
-            duration=time.perf_counter() - began, events=len(start.events) + len(decision.commands),
+            "replay_step",
+            run_id=run.id,
+            workflow=run.workflow,
+            duration=time.perf_counter() - began,
+            events=len(start.events) + len(decision.commands),
         )
         self._emit_commands(run.id, run.workflow, decision.commands)
         self.dispatcher.send(result.dispatches)
@@ -123,7 +143,11 @@ class Stepper:
                 try:
                     self.notifier.publish_finished(run.id, result.finished_state)
                 except Exception:
-                    log.debug("finish notification of %s lost; waiters fall back to polling", run.id, exc_info=True)
+                    log.debug(
+                        "finish notification of %s lost; waiters fall back to polling",
+                        run.id,
+                        exc_info=True,
+                    )
             return result.finished_state, False
         self.cache.put(run.id, execution)
         if result.next_wakeup_at is not None and not result.runnable_again:
@@ -131,7 +155,13 @@ class Stepper:
         return "suspended", result.runnable_again
 
     @staticmethod
-    def _emit_commands(run_id: str, workflow: str, commands: list) -> None:  # type: ignore[type-arg]
+    def _emit_commands(run_id: str, workflow: str, commands: list[NewEvent]) -> None:
         for cmd in commands:
             if cmd.kind is Kind.ACTIVITY_SCHEDULED:
-                telemetry.emit("activity_scheduled", run_id=run_id, workflow=workflow, activity=cmd.name, attempt=1)
+                telemetry.emit(
+                    "activity_scheduled",
+                    run_id=run_id,
+                    workflow=workflow,
+                    activity=cmd.name,
+                    attempt=1,
+                )

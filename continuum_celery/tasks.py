@@ -43,8 +43,13 @@ def register_tasks(app: Celery, engine: Continuum) -> None:
     def activity(task_id: str, attempt: int) -> str:
         """Run one attempt of an activity or compensation."""
         return run_attempt(
-            engine.journal, engine.dispatcher, task_id, attempt, engine.owner,
-            celery_tasks=app.tasks, max_payload_bytes=engine.settings.max_payload_bytes,
+            engine.journal,
+            engine.dispatcher,
+            task_id,
+            attempt,
+            engine.owner,
+            celery_tasks=app.tasks,
+            max_payload_bytes=engine.settings.max_payload_bytes,
         )
 
     @app.task(name=START_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=0)

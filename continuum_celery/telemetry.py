@@ -109,16 +109,13 @@ _write_lock = threading.Lock()
 def _unknown(names: Iterable[str]) -> InvalidArgument:
     bad = sorted(names)
     return InvalidArgument(
-        f"unknown telemetry event(s) {', '.join(map(repr, bad))}; "
-        f"valid names are: {', '.join(sorted(EVENTS))}",
+        f"unknown telemetry event(s) {', '.join(map(repr, bad))}; valid names are: {', '.join(sorted(EVENTS))}",
         unknown=bad,
         valid=sorted(EVENTS),
     )
 
 
-def emit(
-    name: str, *, run_id: str | None = None, workflow: str | None = None, **fields: Any
-) -> None:
+def emit(name: str, *, run_id: str | None = None, workflow: str | None = None, **fields: Any) -> None:
     """Announce an event to its handlers and to the DEBUG log.
 
     Cheap when nobody listens: one dict lookup and a logging level check.
@@ -137,9 +134,7 @@ def emit(
         raise _unknown([name])
     if _log.isEnabledFor(logging.DEBUG):
         detail = " ".join(f"{key}={value!r}" for key, value in fields.items())
-        run_logger(LOGGER_NAME, run_id, workflow).debug(
-            "%s %s", name, detail, extra={"event": name}
-        )
+        run_logger(LOGGER_NAME, run_id, workflow).debug("%s %s", name, detail, extra={"event": name})
     if not handlers:
         return
     event = TelemetryEvent(name, run_id, workflow, MappingProxyType(fields), time.time())
@@ -231,9 +226,7 @@ def connect(*events: Any) -> Any:
 class RunLoggerAdapter(logging.LoggerAdapter):
     """Prefixes messages with ``[workflow run_id]`` and sets ``run_id``/``workflow`` on records."""
 
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         """Merge the run context into ``extra`` and prefix the message."""
         context = self.extra or {}
         kwargs["extra"] = {**kwargs.get("extra", {}), **context}

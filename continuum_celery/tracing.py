@@ -92,9 +92,7 @@ def span(
     tracer, propagator = state
     parent = propagator.extract(dict(trace_context)) if trace_context else None
     attrs = {k: v for k, v in attributes.items() if v is not None} if attributes else None
-    cm: AbstractContextManager[Any] = tracer.start_as_current_span(
-        name, context=parent, attributes=attrs
-    )
+    cm: AbstractContextManager[Any] = tracer.start_as_current_span(name, context=parent, attributes=attrs)
     return cm
 
 

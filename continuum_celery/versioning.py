@@ -122,11 +122,7 @@ def _normalise(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
 
 def _has_docstring(body: list[ast.stmt]) -> bool:
     first = body[0] if body else None
-    return (
-        isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    )
+    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
 
 
 def _canonical_dump(node: object) -> str:
@@ -313,10 +309,7 @@ def _duplicate_version(old: VersionedDefinition, new: VersionedDefinition) -> De
     if old_place == new_place:
         what = f"{new_place} changed but kept version={new.version}"
     else:
-        what = (
-            f"{old_place} and {new_place} have different bodies "
-            f"but both declare version={new.version}"
-        )
+        what = f"{old_place} and {new_place} have different bodies but both declare version={new.version}"
     return DefinitionError(
         f"workflow {new.name!r}: {what} (hashes {old.version_hash} and {new.version_hash}). "
         f"Bump `version=` on the new body (e.g. version={new.version + 1}), or give the "

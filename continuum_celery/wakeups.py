@@ -292,9 +292,7 @@ class WakeupPump:
         if self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name="continuum-wakeup-pump", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name="continuum-wakeup-pump", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -224,7 +224,12 @@ class Journal(ABC):
 
     @abstractmethod
     def finish_activity(
-        self, claim: ActivityClaim, *, result: Any = None, error: dict[str, Any] | None = None, retryable: bool = True
+        self,
+        claim: ActivityClaim,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        retryable: bool = True,
     ) -> ActivityOutcome:
         """Record an attempt's end; schedule a retry or wake the run."""
 
@@ -255,5 +260,5 @@ class Journal(ABC):
     def list_versions(self) -> list[dict[str, Any]]:
         """Per (workflow, hash): version, hostnames, first/last seen, pinned non-terminal runs."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; adapters without connections keep it
         """Release connections."""

@@ -172,7 +172,12 @@ sa.Index(
 signals = sa.Table(
     "continuum_signals",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     sa.Column("run_id", sa.String(128), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),

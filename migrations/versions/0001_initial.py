@@ -51,9 +51,21 @@ def upgrade() -> None:
         ),
     )
     runnable = sa.text("state IN ('pending', 'suspended')")
-    op.create_index("continuum_runs_due", "continuum_runs", ["next_wakeup_at"], postgresql_where=runnable, sqlite_where=runnable)
+    op.create_index(
+        "continuum_runs_due",
+        "continuum_runs",
+        ["next_wakeup_at"],
+        postgresql_where=runnable,
+        sqlite_where=runnable,
+    )
     running = sa.text("state = 'running'")
-    op.create_index("continuum_runs_leased", "continuum_runs", ["lease_expires_at"], postgresql_where=running, sqlite_where=running)
+    op.create_index(
+        "continuum_runs_leased",
+        "continuum_runs",
+        ["lease_expires_at"],
+        postgresql_where=running,
+        sqlite_where=running,
+    )
     op.create_index("continuum_runs_workflow_state", "continuum_runs", ["workflow", "state", "created_at"])
     op.create_index("continuum_runs_parent", "continuum_runs", ["parent_run_id"])
     op.create_index("continuum_runs_correlation", "continuum_runs", ["correlation_id"])
@@ -97,8 +109,20 @@ def upgrade() -> None:
         sa.Column("finished_at", TS),
     )
     scheduled = sa.text("state = 'scheduled'")
-    op.create_index("continuum_activity_tasks_due", "continuum_activity_tasks", ["retry_at"], postgresql_where=scheduled, sqlite_where=scheduled)
-    op.create_index("continuum_activity_tasks_leased", "continuum_activity_tasks", ["lease_expires_at"], postgresql_where=running, sqlite_where=running)
+    op.create_index(
+        "continuum_activity_tasks_due",
+        "continuum_activity_tasks",
+        ["retry_at"],
+        postgresql_where=scheduled,
+        sqlite_where=scheduled,
+    )
+    op.create_index(
+        "continuum_activity_tasks_leased",
+        "continuum_activity_tasks",
+        ["lease_expires_at"],
+        postgresql_where=running,
+        sqlite_where=running,
+    )
     op.create_index("continuum_activity_tasks_run", "continuum_activity_tasks", ["run_id", "state"])
 
     op.create_table(
@@ -113,11 +137,22 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
     )
     pending = sa.text("state = 'pending'")
-    op.create_index("continuum_timers_pending", "continuum_timers", ["run_id", "fire_at"], postgresql_where=pending, sqlite_where=pending)
+    op.create_index(
+        "continuum_timers_pending",
+        "continuum_timers",
+        ["run_id", "fire_at"],
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
 
     op.create_table(
         "continuum_signals",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("run_id", sa.String(128), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
@@ -125,7 +160,13 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
     )
     unconsumed = sa.text("consumed_seq IS NULL")
-    op.create_index("continuum_signals_inbox", "continuum_signals", ["run_id", "name", "id"], postgresql_where=unconsumed, sqlite_where=unconsumed)
+    op.create_index(
+        "continuum_signals_inbox",
+        "continuum_signals",
+        ["run_id", "name", "id"],
+        postgresql_where=unconsumed,
+        sqlite_where=unconsumed,
+    )
 
     op.create_table(
         "continuum_snapshots",

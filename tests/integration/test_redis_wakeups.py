@@ -118,9 +118,7 @@ def test_large_pop_crosses_the_lua_chunk_size(wakeups: RedisWakeups) -> None:
     assert wakeups.size() == 0
 
 
-def test_two_concurrent_poppers_get_each_member_exactly_once(
-    redis_url: str, redis_prefix: str
-) -> None:
+def test_two_concurrent_poppers_get_each_member_exactly_once(redis_url: str, redis_prefix: str) -> None:
     members = [f"run:{i}" for i in range(1_000)]
     clients = [redis.Redis.from_url(redis_url) for _ in range(2)]
     stores = [RedisWakeups(c, redis_prefix + "race") for c in clients]
@@ -133,10 +131,7 @@ def test_two_concurrent_poppers_get_each_member_exactly_once(
         while batch := store.pop_due(2.0, limit=7):
             out.extend(batch)
 
-    threads = [
-        threading.Thread(target=drain, args=(store, out))
-        for store, out in zip(stores, results, strict=True)
-    ]
+    threads = [threading.Thread(target=drain, args=(store, out)) for store, out in zip(stores, results, strict=True)]
     try:
         for thread in threads:
             thread.start()
@@ -221,9 +216,7 @@ class CountingWakeups(RedisWakeups):
         return super().pop_due(now, limit)
 
 
-def test_pump_survives_an_unreachable_redis(
-    dead_client: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_pump_survives_an_unreachable_redis(dead_client: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     store = CountingWakeups(dead_client, "unreachable")
     pump = WakeupPump(store, Recorder(), poll_interval=0.01)
     with caplog.at_level(logging.WARNING, logger="continuum_celery.wakeups"):
@@ -260,9 +253,7 @@ def test_publish_wakes_a_waiter(client: redis.Redis, redis_prefix: str) -> None:
         calls.append(finished.is_set())
         return finished.is_set()
 
-    waiter = threading.Thread(
-        target=lambda: outcome.append(notifier.wait_finished("r1", 30.0, check))
-    )
+    waiter = threading.Thread(target=lambda: outcome.append(notifier.wait_finished("r1", 30.0, check)))
     waiter.start()
     assert subscribed.wait(DEADLINE)
     notifier.publish_finished("another-run", "completed")
@@ -275,9 +266,7 @@ def test_publish_wakes_a_waiter(client: redis.Redis, redis_prefix: str) -> None:
     assert calls == [False, True]
 
 
-def test_wait_sees_a_publish_that_came_before_subscribe(
-    client: redis.Redis, redis_prefix: str
-) -> None:
+def test_wait_sees_a_publish_that_came_before_subscribe(client: redis.Redis, redis_prefix: str) -> None:
     notifier = RedisNotifier(client, redis_prefix, fallback_interval=60.0)
     notifier.publish_finished("r2", "completed")  # nobody subscribed: the message is gone
     calls: list[int] = []
@@ -292,9 +281,7 @@ def test_wait_sees_a_publish_that_came_before_subscribe(
     assert time.monotonic() - started < 30.0
 
 
-def test_wait_times_out_with_checks_at_the_fallback_pace(
-    client: redis.Redis, redis_prefix: str
-) -> None:
+def test_wait_times_out_with_checks_at_the_fallback_pace(client: redis.Redis, redis_prefix: str) -> None:
     notifier = RedisNotifier(client, redis_prefix, fallback_interval=0.05)
     calls: list[int] = []
 

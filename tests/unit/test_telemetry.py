@@ -67,9 +67,7 @@ def test_filter_by_event_names(listen: Listen) -> None:
     assert [e.name for e in everything] == ["run_started", "run_completed", "run_failed"]
 
 
-def test_raising_handler_is_logged_and_isolated(
-    listen: Listen, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_raising_handler_is_logged_and_isolated(listen: Listen, caplog: pytest.LogCaptureFixture) -> None:
     def broken(event: TelemetryEvent) -> None:
         raise RuntimeError("handler bug")
 

@@ -318,9 +318,7 @@ def test_publish_wakes_a_waiter() -> None:
         calls.append(finished.is_set())
         return finished.is_set()
 
-    waiter = threading.Thread(
-        target=lambda: outcome.append(notifier.wait_finished("r1", 30.0, check))
-    )
+    waiter = threading.Thread(target=lambda: outcome.append(notifier.wait_finished("r1", 30.0, check)))
     waiter.start()
     assert subscribed.wait(DEADLINE)
     notifier.publish_finished("other-run", "completed")

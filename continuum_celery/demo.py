@@ -1,0 +1,106 @@
+"""``continuum demo``: three example workflows on the embedded default, with a live progress view."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .client import RunHandle
+from .embedded import embedded_engine, running_worker
+from .errors import WorkflowFailed
+
+DEMO_DEADLINE = 60.0
+
+
+def _scenarios() -> list[tuple[str, Any, Any, str]]:
+    from workflows.approvals import approval_flow
+    from workflows.fanout import catalogue_flow
+    from workflows.orders import order_flow
+
+    return [
+        (
+            "order saga, happy path",
+            order_flow,
+            {"id": "A-100", "items": ["mug", "tee"], "cents": 2599, "address": "1 Main St"},
+            "completed",
+        ),
+        (
+            "order saga, shipping refused -> refund + release",
+            order_flow,
+            {"id": "A-101", "items": ["lamp"], "cents": 4999, "address": "nowhere"},
+            "failed",
+        ),
+        (
+            "approval: timer, then a signal",
+            approval_flow,
+            {"id": "REQ-7", "approver": "dana", "grace_seconds": 1, "timeout_seconds": 30},
+            "completed",
+        ),
+        (
+            "fan-out of 8 resizes + a child workflow",
+            catalogue_flow,
+            {"title": "Spring", "images": [f"img{i}.png" for i in range(8)]},
+            "completed",
+        ),
+    ]
+
+
+def _describe(handle: RunHandle) -> str:
+    try:
+        return repr(handle.result(timeout=0.01))
+    except WorkflowFailed as exc:
+        comps = [
+            f"{c['activity'].rsplit('.', 1)[-1]}:{'ok' if c['ok'] else 'failed'}"
+            for c in (exc.error or {}).get("compensations", [])
+        ]
+        return f"{exc.error.get('type')}: {exc.error.get('message')} | compensations: {', '.join(comps) or 'none'}"
+
+
+def run_demo(database_url: str | None = None, redis_url: str | None = None, echo: Callable[[str], None] = print) -> int:
+    """Run the demo; return 0 when every run ended as expected."""
+    workdir = tempfile.mkdtemp(prefix="continuum-demo-")
+    url = database_url or f"sqlite:///{os.path.join(workdir, 'journal.sqlite3')}"
+    echo(f"journal: {url}")
+    engine = embedded_engine(
+        url,
+        redis_url=redis_url,
+        name="demo",
+        workflow_modules=("workflows.orders", "workflows.approvals", "workflows.fanout"),
+    )
+    began = time.monotonic()
+    with running_worker(engine):
+        runs = [(label, wf.start(payload), expected) for label, wf, payload, expected in _scenarios()]
+        seen: dict[str, str] = {}
+        signalled = False
+        deadline = time.monotonic() + DEMO_DEADLINE
+        while time.monotonic() < deadline:
+            for label, handle, _ in runs:
+                state = handle.status()
+                if seen.get(handle.id) != state:
+                    seen[handle.id] = state
+                    echo(f"  {time.monotonic() - began:6.2f}s  {label:<50} {state}")
+                if (
+                    "approval" in label
+                    and not signalled
+                    and any(e.kind.value == "signal_wait" for e in handle.history())
+                ):
+                    echo(f"  {time.monotonic() - began:6.2f}s  {'-> sending signal decision={approved: true}':<50}")
+                    handle.signal("decision", {"approved": True, "by": "dana"})
+                    signalled = True
+            if all(seen.get(h.id) in ("completed", "failed", "cancelled") for _, h, _ in runs):
+                break
+            time.sleep(0.05)
+        echo("")
+        echo(f"{'run':<50} {'state':<10} {'events':>6}  result")
+        ok = True
+        for label, handle, expected in runs:
+            state = handle.status()
+            ok &= state == expected
+            echo(f"{label:<50} {state:<10} {len(handle.history()):>6}  {_describe(handle)}")
+    echo("")
+    verdict = "all runs ended as expected" if ok else "SOME RUNS DID NOT END AS EXPECTED"
+    echo(f"{verdict} in {time.monotonic() - began:.1f}s")
+    return 0 if ok else 1

@@ -1,0 +1,281 @@
+"""Shared plumbing of the SQL journal: engines, dialect hooks, row mapping, and the writes
+every part needs (insert a run, lock a run by its lease, wake a run).
+
+Time is the database's (``now()``) on PostgreSQL, so worker clocks never decide
+a lease; SQLite, a single-machine default, uses the local clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import (
+    JournalError,
+    LeaseLost,
+    RunFinished,
+    RunNotFound,
+)
+from ..events import Event, Kind
+from ..serialization import dumps, loads
+from .base import (
+    Dispatch,
+    Lease,
+    NewRun,
+    RunRecord,
+)
+from .schema import (
+    TERMINAL_STATES,
+    UTCDateTime,
+    check_schema,
+    events,
+    runs,
+)
+
+_RUNNABLE = ("pending", "suspended")
+_SCHEDULE_KINDS = {Kind.ACTIVITY_SCHEDULED: "activity", Kind.COMPENSATION_SCHEDULED: "compensation"}
+_TASK_OUTCOMES = {
+    ("activity", "completed"): Kind.ACTIVITY_COMPLETED,
+    ("activity", "failed"): Kind.ACTIVITY_FAILED,
+    ("compensation", "completed"): Kind.COMPENSATION_COMPLETED,
+    ("compensation", "failed"): Kind.COMPENSATION_FAILED,
+}
+_CHILD_OUTCOMES = {
+    "completed": Kind.CHILD_COMPLETED,
+    "failed": Kind.CHILD_FAILED,
+    "cancelled": Kind.CHILD_CANCELLED,
+}
+
+
+def normalise_url(url: str) -> str:
+    """Pick psycopg 3 for plain ``postgresql://`` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine tuned for the journal (pre-ping on PostgreSQL; WAL and immediate locks on SQLite)."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event emit BEGIN IMMEDIATE: one writer at a time, no upgrade deadlocks.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    return sa.create_engine(url, **kwargs)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        workflow=row.workflow,
+        version_hash=row.version_hash,
+        version=row.version,
+        state=row.state,
+        input=loads(row.input),
+        result=loads(row.result),
+        error=loads(row.error),
+        lease_token=row.lease_token,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        next_wakeup_at=row.next_wakeup_at,
+        last_seq=row.last_seq,
+        parent_run_id=row.parent_run_id,
+        parent_command_id=row.parent_command_id,
+        correlation_id=row.correlation_id,
+        continued_from_run_id=row.continued_from_run_id,
+        cancel_requested=row.cancel_requested_at is not None,
+        stuck_reason=row.stuck_reason,
+        trace_context=loads(row.trace_context) or {},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def event_from_row(row: Any) -> Event:
+    return Event(
+        seq=row.seq,
+        kind=Kind(row.kind),
+        command_id=row.command_id,
+        name=row.name,
+        payload=loads(row.payload),
+    )
+
+
+class SQLBase:
+    """Engine, dialect hooks and shared writes; the mixins in sql_*.py build on it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        activity_timeout: float = 300.0,
+        check: bool = True,
+        queue: str | None = None,
+    ) -> None:
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.activity_timeout = activity_timeout
+        self.queue = queue
+        if check:
+            check_schema(self.engine)
+
+    def _now(self) -> Any:
+        return sa.literal(_utcnow(), UTCDateTime()) if self.is_sqlite else sa.func.now()
+
+    def _after(self, seconds: float) -> Any:
+        if self.is_sqlite:
+            return sa.literal(_utcnow() + timedelta(seconds=seconds), UTCDateTime())
+        return sa.func.now() + sa.literal(timedelta(seconds=seconds), sa.Interval())
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.IntegrityError as exc:
+            raise JournalError(f"the journal refused a write: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert_run(self, conn: sa.Connection, run: NewRun) -> None:
+        now = self._now()
+        conn.execute(
+            runs.insert().values(
+                id=run.id,
+                workflow=run.workflow,
+                version_hash=run.version_hash,
+                version=run.version,
+                state="pending",
+                input=dumps(run.input),
+                next_wakeup_at=now,
+                dispatched_at=now,
+                last_seq=1,
+                parent_run_id=run.parent_run_id,
+                parent_command_id=run.parent_command_id,
+                correlation_id=run.correlation_id or run.id,
+                continued_from_run_id=run.continued_from_run_id,
+                trace_context=dumps(run.trace_context) if run.trace_context else None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            events.insert().values(
+                run_id=run.id,
+                seq=1,
+                kind=Kind.RUN_STARTED.value,
+                payload=dumps({"input": run.input, "workflow": run.workflow, "version_hash": run.version_hash}),
+                created_at=now,
+            )
+        )
+
+    def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
+        """Note new input for a run; return a dispatch if nobody is about to look at it."""
+        row = conn.execute(
+            sa.select(runs.c.state, runs.c.dispatched_at, runs.c.stuck_reason, runs.c.workflow)
+            .where(runs.c.id == run_id)
+            .with_for_update()
+        ).first()
+        if row is None or row.state in TERMINAL_STATES:
+            return None
+        values: dict[str, Any] = {"wake_seq": runs.c.wake_seq + 1}
+        send = row.state in _RUNNABLE and row.dispatched_at is None and row.stuck_reason is None
+        if row.state in _RUNNABLE:
+            values["next_wakeup_at"] = self._now()
+        if send:
+            values["dispatched_at"] = self._now()
+        conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+        return Dispatch("replay", run_id, label=row.workflow) if send else None
+
+    def _locked_run(self, conn: sa.Connection, lease: Lease) -> Any:
+        row = conn.execute(sa.select(runs).where(runs.c.id == lease.run_id).with_for_update()).first()
+        if row is None or row.lease_token != lease.token or row.state != "running":
+            raise LeaseLost(
+                f"run {lease.run_id}: lease token {lease.token} is stale"
+                + ("" if row is None else f" (the run is {row.state} with token {row.lease_token})")
+                + "; another worker owns the run, so this write was discarded.",
+                run_id=lease.run_id,
+                token=lease.token,
+            )
+        return row
+
+    def _open_run(self, conn: sa.Connection, run_id: str, action: str) -> Any:
+        row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}", run_id=run_id)
+        if row.state in TERMINAL_STATES:
+            raise RunFinished(f"run {run_id} is {row.state}; it cannot {action}.", run_id=run_id, state=row.state)
+        return row
+
+    def _events_after(self, conn: sa.Connection, run_id: str, after_seq: int) -> list[Event]:
+        rows = conn.execute(
+            sa.select(events).where(events.c.run_id == run_id, events.c.seq > after_seq).order_by(events.c.seq)
+        )
+        return [event_from_row(r) for r in rows]
+
+
+class Appender:
+    """Numbers new events of one run in one transaction and inserts them in one batch."""
+
+    def __init__(self, run_id: str, last_seq: int, now: datetime | None) -> None:
+        self.run_id = run_id
+        self.seq = last_seq
+        self.now = now
+        self.start = last_seq
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, kind: Kind, command_id: int | None, name: str | None, payload: dict[str, Any]) -> int:
+        self.seq += 1
+        self.rows.append(
+            {
+                "run_id": self.run_id,
+                "seq": self.seq,
+                "kind": kind.value,
+                "command_id": command_id,
+                "name": name,
+                "payload": dumps(payload),
+            }
+        )
+        return self.seq
+
+    def flush(self, conn: sa.Connection, journal: SQLBase) -> None:
+        if not self.rows:
+            return
+        now = _utcnow() if journal.is_sqlite else self.now
+        if now is None:
+            now = conn.execute(sa.select(sa.func.now())).scalar()
+        for row in self.rows:
+            row["created_at"] = now
+        conn.execute(events.insert(), self.rows)
+        conn.execute(runs.update().where(runs.c.id == self.run_id).values(last_seq=self.seq))
+        self.rows = []

@@ -1,0 +1,454 @@
+"""Run steps in SQL: claim and resolve outcomes, commit a decision, renew and release leases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import (
+    LeaseLost,
+    RunConflict,
+)
+from ..events import Kind, NewEvent
+from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
+from ..serialization import dumps, loads
+from .base import (
+    Dispatch,
+    Lease,
+    NewRun,
+    StepResult,
+    StepStart,
+)
+from .schema import (
+    TERMINAL_STATES,
+    activity_results,
+    activity_tasks,
+    runs,
+    signals,
+    timers,
+)
+from .sql_base import (
+    _CHILD_OUTCOMES,
+    _RUNNABLE,
+    _SCHEDULE_KINDS,
+    _TASK_OUTCOMES,
+    Appender,
+    SQLBase,
+    run_record,
+)
+
+
+class StepsMixin(SQLBase):
+    """begin_step / commit_step and the lease operations."""
+
+    def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
+        with self._tx() as conn:
+            now = self._now()
+            claimable = sa.or_(
+                sa.and_(
+                    runs.c.state.in_(_RUNNABLE),
+                    runs.c.stuck_reason.is_(None),
+                    runs.c.next_wakeup_at <= now,
+                ),
+                sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
+            )
+            row = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, claimable)
+                .values(
+                    state="running",
+                    lease_token=runs.c.lease_token + 1,
+                    lease_owner=owner,
+                    lease_expires_at=self._after(ttl),
+                    dispatched_at=None,
+                    updated_at=now,
+                )
+                .returning(*runs.c, now.label("db_now"))
+            ).first()
+            if row is None:
+                return None
+            appender = Appender(run_id, row.last_seq, row.db_now)
+            dispatches = self._resolve(conn, row, appender)
+            appender.flush(conn, self)
+            lease = Lease(run_id=run_id, token=row.lease_token, owner=owner)
+            record = run_record(row)
+            return StepStart(
+                lease=lease,
+                run=record,
+                events=self._events_after(conn, run_id, after_seq),
+                now=row.db_now,
+                wake_seq=row.wake_seq,
+                dispatches=dispatches,
+            )
+
+    def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
+        """Append every outcome that is now available to the claimed run."""
+        dispatches: list[Dispatch] = []
+        if run.cancel_requested_at is not None and not run.cancel_journaled:
+            out.add(Kind.CANCEL_REQUESTED, None, None, {})
+            conn.execute(runs.update().where(runs.c.id == run.id).values(cancel_journaled=True))
+            dispatches += self._cancel_pending(conn, run.id, out)
+        finished = conn.execute(
+            sa.select(activity_tasks)
+            .where(
+                activity_tasks.c.run_id == run.id,
+                activity_tasks.c.state.in_(("completed", "failed")),
+                activity_tasks.c.outcome_seq.is_(None),
+            )
+            .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
+        ).all()
+        for task in finished:
+            payload = (
+                {"result": loads(task.result), "attempts": task.attempt}
+                if task.state == "completed"
+                else {"error": loads(task.error), "attempts": task.attempt}
+            )
+            task_seq = out.add(_TASK_OUTCOMES[(task.kind, task.state)], task.command_id, task.name, payload)
+            conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=task_seq))
+        pending = conn.execute(
+            sa.select(timers)
+            .where(timers.c.run_id == run.id, timers.c.state == "pending")
+            .order_by(timers.c.command_id)
+        ).all()
+        inbox: list[Any] = []
+        if any(t.kind == "signal" for t in pending):
+            inbox = list(
+                conn.execute(
+                    sa.select(signals)
+                    .where(signals.c.run_id == run.id, signals.c.consumed_seq.is_(None))
+                    .order_by(signals.c.id)
+                ).all()
+            )
+        for timer in pending:
+            seq: int | None = None
+            if timer.kind == "signal":
+                match = next((s for s in inbox if s.name == timer.name), None)
+                if match is not None:
+                    inbox.remove(match)
+                    seq = out.add(
+                        Kind.SIGNAL_RECEIVED,
+                        timer.command_id,
+                        timer.name,
+                        {"payload": loads(match.payload), "signal_id": match.id},
+                    )
+                    conn.execute(signals.update().where(signals.c.id == match.id).values(consumed_seq=seq))
+                elif timer.fire_at is not None and timer.fire_at <= out.now:
+                    seq = out.add(Kind.SIGNAL_TIMED_OUT, timer.command_id, timer.name, {})
+            elif timer.fire_at is not None and timer.fire_at <= out.now:
+                seq = out.add(Kind.TIMER_FIRED, timer.command_id, None, {"fire_at": timer.fire_at.isoformat()})
+            if seq is not None:
+                conn.execute(
+                    timers.update()
+                    .where(timers.c.run_id == run.id, timers.c.command_id == timer.command_id)
+                    .values(state="fired", outcome_seq=seq)
+                )
+        children = conn.execute(
+            sa.select(
+                runs.c.id,
+                runs.c.state,
+                runs.c.result,
+                runs.c.error,
+                runs.c.parent_command_id,
+                runs.c.workflow,
+            )
+            .where(
+                runs.c.parent_run_id == run.id,
+                runs.c.state.in_(tuple(_CHILD_OUTCOMES)),
+                runs.c.reported_to_parent.is_(False),
+            )
+            .order_by(runs.c.updated_at, runs.c.id)
+        ).all()
+        for child in children:
+            payload = {
+                "run_id": child.id,
+                "result": loads(child.result),
+                "error": loads(child.error),
+            }
+            out.add(_CHILD_OUTCOMES[child.state], child.parent_command_id, child.workflow, payload)
+            conn.execute(runs.update().where(runs.c.id == child.id).values(reported_to_parent=True))
+        return dispatches
+
+    def _cancel_pending(self, conn: sa.Connection, run_id: str, out: Appender | None) -> list[Dispatch]:
+        """Drop a run's pending timers and unstarted tasks; ask its live children to stop."""
+        conn.execute(
+            timers.update().where(timers.c.run_id == run_id, timers.c.state == "pending").values(state="cancelled")
+        )
+        unstarted = conn.execute(
+            activity_tasks.update()
+            .where(activity_tasks.c.run_id == run_id, activity_tasks.c.state == "scheduled")
+            .values(state="cancelled", updated_at=self._now(), finished_at=self._now())
+            .returning(
+                activity_tasks.c.id,
+                activity_tasks.c.command_id,
+                activity_tasks.c.name,
+                activity_tasks.c.kind,
+                activity_tasks.c.attempt,
+            )
+        ).all()
+        if out is not None:
+            for task in unstarted:
+                kind = Kind.ACTIVITY_FAILED if task.kind == "activity" else Kind.COMPENSATION_FAILED
+                error = {
+                    "type": "RunCancelled",
+                    "module": "continuum_celery.errors",
+                    "message": "the run was cancelled before this task started",
+                }
+                seq = out.add(kind, task.command_id, task.name, {"error": error, "attempts": task.attempt - 1})
+                conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=seq))
+        dispatches = []
+        children = (
+            conn.execute(
+                sa.select(runs.c.id).where(runs.c.parent_run_id == run_id, runs.c.state.not_in(TERMINAL_STATES))
+            )
+            .scalars()
+            .all()
+        )
+        for child_id in children:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == child_id, runs.c.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=self._now())
+            )
+            dispatch = self._poke(conn, child_id)
+            if dispatch:
+                dispatches.append(dispatch)
+        return dispatches
+
+    def commit_step(
+        self,
+        lease: Lease,
+        commands: Sequence[NewEvent],
+        outcome: Outcome | None,
+        *,
+        wake_seq: int,
+        child_versions: dict[str, tuple[str, int]],
+        continue_version: tuple[str, int] | None = None,
+    ) -> StepResult:
+        with self._tx() as conn:
+            row = self._locked_run(conn, lease)
+            now = self._now()
+            out = Appender(lease.run_id, row.last_seq, None)
+            dispatches: list[Dispatch] = []
+            immediate = False
+            for cmd in commands:
+                seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
+                assert cmd.command_id is not None
+                if cmd.kind in _SCHEDULE_KINDS:
+                    dispatch = self._schedule_task(conn, lease.run_id, cmd, _SCHEDULE_KINDS[cmd.kind])
+                    if dispatch is None:
+                        immediate = True
+                    else:
+                        dispatches.append(dispatch)
+                elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
+                    at = cmd.payload.get("fire_at") or cmd.payload.get("timeout_at")
+                    conn.execute(
+                        timers.insert().values(
+                            run_id=lease.run_id,
+                            command_id=cmd.command_id,
+                            kind="sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
+                            name=cmd.name,
+                            fire_at=datetime.fromisoformat(at) if at else None,
+                            state="pending",
+                            created_at=now,
+                        )
+                    )
+                    if cmd.kind is Kind.SIGNAL_WAIT and self._has_signal(conn, lease.run_id, cmd.name or ""):
+                        immediate = True
+                elif cmd.kind is Kind.CHILD_STARTED:
+                    version_hash, version = child_versions[cmd.name or ""]
+                    child = NewRun(
+                        id=cmd.payload["run_id"],
+                        workflow=cmd.name or "",
+                        version_hash=version_hash,
+                        version=version,
+                        input=cmd.payload.get("input"),
+                        parent_run_id=lease.run_id,
+                        parent_command_id=cmd.command_id,
+                    )
+                    self._start_child(conn, child)
+                    dispatches.append(Dispatch("replay", child.id, label=child.workflow))
+                del seq
+            result = StepResult(last_seq=out.seq)
+            if outcome is None:
+                runnable = immediate or row.wake_seq != wake_seq
+                wakeup = now if runnable else self._earliest_timer(lease.run_id)
+                values: dict[str, Any] = {"state": "suspended", "next_wakeup_at": wakeup}
+                result.runnable_again = runnable
+            else:
+                values, extra = self._finish(conn, row, out, outcome, continue_version)
+                dispatches += extra
+                result.finished_state = values["state"]
+                result.continued_run_id = values.pop("_continued", None)
+            out.flush(conn, self)
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == lease.run_id)
+                .values(
+                    last_seq=out.seq,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    dispatched_at=None,
+                    updated_at=now,
+                    **values,
+                )
+            )
+            if outcome is None and not result.runnable_again:
+                result.next_wakeup_at = conn.execute(
+                    sa.select(runs.c.next_wakeup_at).where(runs.c.id == lease.run_id)
+                ).scalar()
+            result.last_seq = out.seq
+            result.dispatches = dispatches
+            return result
+
+    def _earliest_timer(self, run_id: str) -> Any:
+        return (
+            sa.select(sa.func.min(timers.c.fire_at))
+            .where(
+                timers.c.run_id == run_id,
+                timers.c.state == "pending",
+                timers.c.fire_at.is_not(None),
+            )
+            .scalar_subquery()
+        )
+
+    def _has_signal(self, conn: sa.Connection, run_id: str, name: str) -> bool:
+        found = conn.execute(
+            sa.select(signals.c.id)
+            .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed_seq.is_(None))
+            .limit(1)
+        ).first()
+        return found is not None
+
+    def _schedule_task(self, conn: sa.Connection, run_id: str, cmd: NewEvent, kind: str) -> Dispatch | None:
+        """Insert the task row; None when an idempotency key already holds the result."""
+        payload = cmd.payload
+        task_id = f"{run_id}:{cmd.command_id}"
+        key = payload.get("idempotency_key") if kind == "activity" else None
+        stored = None
+        if key:
+            stored = conn.execute(
+                sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == key)
+            ).scalar()
+        arguments = {"args": payload.get("args", []), "kwargs": payload.get("kwargs", {})}
+        if kind == "compensation":
+            arguments["result"] = payload.get("result")
+            arguments["for_command"] = payload.get("for_command")
+        retry = payload.get("retry") or {"max_attempts": 1}
+        now = self._now()
+        conn.execute(
+            activity_tasks.insert().values(
+                id=task_id,
+                run_id=run_id,
+                command_id=cmd.command_id,
+                kind=kind,
+                name=cmd.name,
+                arguments=dumps(arguments),
+                queue=payload.get("queue"),
+                state="completed" if stored is not None else "scheduled",
+                attempt=1,
+                max_attempts=int(retry.get("max_attempts", 1)),
+                retry_policy=dumps(retry),
+                timeout=payload.get("timeout") or self.activity_timeout,
+                idempotency_key=key,
+                result=stored,
+                dispatched_at=now,
+                created_at=now,
+                updated_at=now,
+                finished_at=now if stored is not None else None,
+            )
+        )
+        if stored is not None:
+            return None
+        return Dispatch("activity", task_id, queue=payload.get("queue"), attempt=1, label=cmd.name or "")
+
+    def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
+        existing = conn.execute(sa.select(runs).where(runs.c.id == child.id)).first()
+        if existing is None:
+            self._insert_run(conn, child)
+        elif existing.parent_run_id != child.parent_run_id:
+            raise RunConflict(f"child run id {child.id!r} is already used by another run", run_id=child.id)
+
+    def _finish(
+        self,
+        conn: sa.Connection,
+        row: Any,
+        out: Appender,
+        outcome: Outcome,
+        continue_version: tuple[str, int] | None,
+    ) -> tuple[dict[str, Any], list[Dispatch]]:
+        dispatches: list[Dispatch] = []
+        values: dict[str, Any] = {"next_wakeup_at": None}
+        if isinstance(outcome, Complete):
+            out.add(Kind.RUN_COMPLETED, None, None, {"result": outcome.result})
+            values.update(state="completed", result=dumps(outcome.result))
+        elif isinstance(outcome, (Fail, Cancelled)):
+            cancelled = isinstance(outcome, Cancelled)
+            out.add(
+                Kind.RUN_CANCELLED if cancelled else Kind.RUN_FAILED,
+                None,
+                None,
+                {"error": outcome.error},
+            )
+            values.update(state="cancelled" if cancelled else "failed", error=dumps(outcome.error))
+        elif isinstance(outcome, ContinueAsNew):
+            assert continue_version is not None
+            next_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"continuum:{row.id}:continued"))
+            out.add(Kind.RUN_CONTINUED, None, None, {"next_run_id": next_id})
+            values.update(state="continued", result=dumps({"continued_to": next_id}), _continued=next_id)
+            self._insert_run(
+                conn,
+                NewRun(
+                    id=next_id,
+                    workflow=row.workflow,
+                    version_hash=continue_version[0],
+                    version=continue_version[1],
+                    input=outcome.input,
+                    parent_run_id=row.parent_run_id,
+                    parent_command_id=row.parent_command_id,
+                    correlation_id=row.correlation_id,
+                    continued_from_run_id=row.id,
+                    trace_context=loads(row.trace_context) or {},
+                ),
+            )
+            dispatches.append(Dispatch("replay", next_id, label=row.workflow))
+        dispatches += self._cancel_pending(conn, row.id, None)
+        if row.parent_run_id and values["state"] != "continued":
+            parent = self._poke(conn, row.parent_run_id)
+            if parent:
+                dispatches.append(parent)
+        return values, dispatches
+
+    def renew(self, lease: Lease, ttl: float) -> None:
+        with self._tx() as conn:
+            done = conn.execute(
+                runs.update()
+                .where(
+                    runs.c.id == lease.run_id,
+                    runs.c.lease_token == lease.token,
+                    runs.c.state == "running",
+                )
+                .values(lease_expires_at=self._after(ttl))
+            ).rowcount
+        if not done:
+            raise LeaseLost(
+                f"run {lease.run_id}: lease token {lease.token} could not be renewed; another worker took over.",
+                run_id=lease.run_id,
+                token=lease.token,
+            )
+
+    def release(self, lease: Lease, stuck_reason: str | None = None) -> None:
+        with self._tx() as conn:
+            self._locked_run(conn, lease)
+            values: dict[str, Any] = {
+                "state": "suspended",
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "stuck_reason": stuck_reason,
+            }
+            if stuck_reason is None:
+                values["next_wakeup_at"] = self._now()
+            conn.execute(runs.update().where(runs.c.id == lease.run_id).values(**values))

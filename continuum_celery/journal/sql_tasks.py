@@ -1,0 +1,214 @@
+"""Activity attempts and outside input in SQL: claim and finish attempts; signals, cancel, retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import (
+    InvalidArgument,
+)
+from ..events import Kind
+from ..serialization import dumps, loads
+from .base import (
+    ActivityClaim,
+    ActivityOutcome,
+    Dispatch,
+)
+from .schema import (
+    activity_results,
+    activity_tasks,
+    events,
+    runs,
+    signals,
+)
+from .sql_base import (
+    SQLBase,
+)
+
+
+class TasksMixin(SQLBase):
+    """Activity task rows and the run inbox."""
+
+    def claim_activity(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
+        with self._tx() as conn:
+            now = self._now()
+            row = conn.execute(
+                activity_tasks.update()
+                .where(
+                    activity_tasks.c.id == task_id,
+                    activity_tasks.c.attempt == attempt,
+                    activity_tasks.c.state == "scheduled",
+                    sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
+                )
+                .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
+                .returning(*activity_tasks.c)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                activity_tasks.update()
+                .where(activity_tasks.c.id == task_id)
+                .values(lease_expires_at=self._after(row.timeout or self.activity_timeout))
+            )
+        arguments = loads(row.arguments)
+        return ActivityClaim(
+            task_id=row.id,
+            run_id=row.run_id,
+            kind=row.kind,
+            name=row.name,
+            args=arguments.get("args", []),
+            kwargs=arguments.get("kwargs", {}),
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            retry_policy=loads(row.retry_policy),
+            timeout=row.timeout,
+            idempotency_key=row.idempotency_key,
+            compensated_result=arguments.get("result"),
+        )
+
+    def finish_activity(
+        self,
+        claim: ActivityClaim,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        retryable: bool = True,
+    ) -> ActivityOutcome:
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(activity_tasks)
+                .where(
+                    activity_tasks.c.id == claim.task_id,
+                    activity_tasks.c.attempt == claim.attempt,
+                    activity_tasks.c.state == "running",
+                )
+                .with_for_update()
+            ).first()
+            if row is None:
+                return ActivityOutcome("stale")
+            if error is None:
+                conn.execute(
+                    activity_tasks.update()
+                    .where(activity_tasks.c.id == claim.task_id)
+                    .values(
+                        state="completed",
+                        result=dumps(result),
+                        lease_expires_at=None,
+                        finished_at=self._now(),
+                        updated_at=self._now(),
+                    )
+                )
+                if claim.idempotency_key:
+                    conn.execute(
+                        self._insert(activity_results)
+                        .values(
+                            idempotency_key=claim.idempotency_key,
+                            activity=claim.name,
+                            result=dumps(result),
+                            run_id=claim.run_id,
+                            created_at=self._now(),
+                        )
+                        .on_conflict_do_nothing()
+                    )
+                poke = self._poke(conn, claim.run_id)
+                return ActivityOutcome("completed", [poke] if poke else [])
+            return self._fail_attempt(conn, row, error, retryable)
+
+    def _fail_attempt(self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool) -> ActivityOutcome:
+        policy = loads(row.retry_policy)
+        if retryable and row.attempt < row.max_attempts:
+            delay = min(
+                float(policy.get("initial_interval", 1.0)) * float(policy.get("backoff", 2.0)) ** (row.attempt - 1),
+                float(policy.get("max_interval", 60.0)),
+            )
+            due = conn.execute(
+                activity_tasks.update()
+                .where(activity_tasks.c.id == row.id)
+                .values(
+                    state="scheduled",
+                    attempt=row.attempt + 1,
+                    retry_at=self._after(delay),
+                    error=dumps(error),
+                    lease_expires_at=None,
+                    dispatched_at=self._now(),
+                    updated_at=self._now(),
+                )
+                .returning(activity_tasks.c.retry_at)
+            ).scalar()
+            return ActivityOutcome(
+                "retry",
+                [
+                    Dispatch(
+                        "activity",
+                        row.id,
+                        queue=row.queue,
+                        attempt=row.attempt + 1,
+                        label=row.name,
+                        due=due,
+                    )
+                ],
+            )
+        conn.execute(
+            activity_tasks.update()
+            .where(activity_tasks.c.id == row.id)
+            .values(
+                state="failed",
+                error=dumps(error),
+                lease_expires_at=None,
+                finished_at=self._now(),
+                updated_at=self._now(),
+            )
+        )
+        poke = self._poke(conn, row.run_id)
+        return ActivityOutcome("failed", [poke] if poke else [])
+
+    def send_signal(self, run_id: str, name: str, payload: Any) -> list[Dispatch]:
+        with self._tx() as conn:
+            self._open_run(conn, run_id, f"receive signal {name!r}")
+            conn.execute(
+                signals.insert().values(run_id=run_id, name=name, payload=dumps(payload), created_at=self._now())
+            )
+            poke = self._poke(conn, run_id)
+            return [poke] if poke else []
+
+    def request_cancel(self, run_id: str) -> list[Dispatch]:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(runs.c.state, runs.c.cancel_requested_at).where(runs.c.id == run_id)).first()
+            if row is not None and row.state == "cancelled":
+                return []
+            row = self._open_run(conn, run_id, "be cancelled")
+            if row.cancel_requested_at is not None:
+                return []
+            conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested_at=self._now()))
+            poke = self._poke(conn, run_id)
+            return [poke] if poke else []
+
+    def request_retry(self, run_id: str, who: str) -> list[Dispatch]:
+        with self._tx() as conn:
+            row = self._open_run(conn, run_id, "be retried")
+            if row.state == "running":
+                raise InvalidArgument(
+                    f"run {run_id} is running now (lease held by {row.lease_owner}); nothing to retry."
+                )
+            conn.execute(
+                events.insert().values(
+                    run_id=run_id,
+                    seq=row.last_seq + 1,
+                    kind=Kind.RETRY_REQUESTED.value,
+                    payload=dumps({"by": who, "stuck_reason": row.stuck_reason}),
+                    created_at=self._now(),
+                )
+            )
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    last_seq=row.last_seq + 1,
+                    stuck_reason=None,
+                    next_wakeup_at=self._now(),
+                    dispatched_at=self._now(),
+                )
+            )
+            return [Dispatch("replay", run_id, label=row.workflow)]
