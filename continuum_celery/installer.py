@@ -66,9 +66,9 @@ class Continuum:
         self.settings = Settings.resolve(
             app.conf, database_url=database_url, redis_url=redis_url, name=name, **settings
         )
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.hostname = socket.gethostname()
         self._journal = journal
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._redis: Any = None
         self.wakeups: Wakeups = self._make_wakeups()
         self.notifier: Notifier = self._make_notifier()
@@ -94,6 +94,11 @@ class Continuum:
         _current = self
 
     # ---- lazily built parts (after fork, in the process that uses them) -------------------
+
+    @property
+    def owner(self) -> str:
+        """Who holds leases taken by this process: node name and pid (pool children differ)."""
+        return f"{self.hostname}:{os.getpid()}"
 
     @property
     def journal(self) -> Journal:
@@ -168,7 +173,7 @@ class Continuum:
             (d.name, d.version_hash, d.version, getattr(d.fn, "__module__", ""))
             for d in workflow_registry.definitions()
         ]
-        self.journal.upsert_versions(socket.gethostname(), loaded)
+        self.journal.upsert_versions(self.hostname, loaded)
 
     def start_pump(self) -> None:
         """Start the wake-up pump thread of this process (timers and retries on time)."""
@@ -199,6 +204,7 @@ class Continuum:
         def on_ready(sender: Any = None, **_: Any) -> None:
             if _app_of(sender) is not self.app:
                 return
+            self.hostname = getattr(sender, "hostname", None) or self.hostname
             try:
                 self.record_versions()
             except ConfigurationError:

@@ -1,0 +1,202 @@
+"""Real worker and beat processes for integration tests, and the per-test stack they share.
+
+A ``Stack`` is one isolated deployment: a fresh migrated PostgreSQL database, a
+broker key prefix on the test Redis db, a Redis key prefix for wake-ups, and a
+client engine in the test process. Workers are ``celery worker`` subprocesses;
+readiness is the row each one writes to ``continuum_workflow_versions`` at boot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """One celery subprocess with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (main process and pool children), like a lost machine."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        if self.popen.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    """An isolated deployment for one test."""
+
+    database_url: str
+    redis_url: str
+    tmp: Path
+    modules: tuple[str, ...] = ("tests.support.flows",)
+    lease_ttl: float = 30.0
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    procs: list[Proc] = field(default_factory=list)
+    engine: Any = None
+
+    @property
+    def broker_prefix(self) -> str:
+        return f"ctest:{self.token}:broker:"
+
+    @property
+    def key_prefix(self) -> str:
+        return f"ctest:{self.token}:continuum:"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=str(ROOT),
+            CELERY_BROKER_URL=self.redis_url,
+            CONTINUUM_TEST_BROKER_PREFIX=self.broker_prefix,
+            CONTINUUM_DATABASE_URL=self.database_url,
+            CONTINUUM_REDIS_URL=self.redis_url,
+            CONTINUUM_KEY_PREFIX=self.key_prefix,
+            CONTINUUM_TEST_MODULES=",".join(self.modules),
+            CONTINUUM_LEASE_TTL=str(self.lease_ttl),
+        )
+        env.update(extra)
+        return env
+
+    def client(self) -> Any:
+        """The engine of the test process (starts runs, reads the journal); built once."""
+        if self.engine is None:
+            from celery import Celery
+
+            from continuum_celery import Continuum
+
+            for module in self.modules:
+                __import__(module)
+            app = Celery(f"client-{self.token}", broker=self.redis_url)
+            app.conf.broker_transport_options = {"global_keyprefix": self.broker_prefix}
+            self.engine = Continuum(
+                app,
+                database_url=self.database_url,
+                redis_url=self.redis_url,
+                key_prefix=self.key_prefix,
+                lease_ttl=self.lease_ttl,
+                name=f"test-{self.token}",
+            )
+        return self.engine
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as handle:  # the child keeps its own descriptor
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tests.support.app", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def worker(
+        self,
+        name: str | None = None,
+        *,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queues: str | None = None,
+        wait: bool = True,
+        **env: str,
+    ) -> Proc:
+        """Start a ``celery worker`` subprocess; by default wait until it has booted."""
+        name = name or f"w{len(self.procs)}-{self.token}"
+        args = [
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        if queues:
+            args += ["-Q", queues]
+        proc = self._spawn(name, args, self.env(CONTINUUM_HOSTNAME=name, **env))
+        if wait:
+            wait_until(lambda: self._booted(proc), 60, f"worker {name} to boot:\n{proc.output()[-3000:]}", 0.1)
+        return proc
+
+    def beat(self, name: str | None = None, **env: str) -> Proc:
+        """Start a ``celery beat`` subprocess (runs the continuum sweep on its schedule)."""
+        name = name or f"beat{len(self.procs)}-{self.token}"
+        schedule = self.tmp / f"{name}-schedule"
+        return self._spawn(name, ["beat", "-l", "INFO", "-s", str(schedule)], self.env(**env))
+
+    def _booted(self, proc: Proc) -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"worker {proc.name} exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}")
+        return "ready." in proc.output()
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Run SQL against the test database and return the rows (for assertions)."""
+        engine = sa.create_engine(
+            self.database_url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.NullPool
+        )
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(statement), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop(timeout=15)
+        if self.engine is not None:
+            self.engine.stop_pump()
+            self.engine.journal.close()
