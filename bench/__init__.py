@@ -2,7 +2,8 @@
 
 Run ``python -m bench --help``. Every system runs on the same PostgreSQL
 database (``continuum_bench``, recreated per invocation), the same Redis
-database number (12 by default, the only one ever flushed) and real worker
+database number (12 by default, the only one ever flushed, and only while
+it holds nothing but the benchmark's own keys) and real worker
 processes started as subprocesses with the same concurrency.
 
 Modules, in the order data flows through them:

@@ -113,24 +113,29 @@ def measure(system: System, cfg: BenchConfig, logs: Path) -> Outcome:
     return outcome
 
 
-def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> str:
-    """One extra, unmeasured throughput phase with the continuum workers profiled."""
+def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> tuple[str, bool]:
+    """One extra, unmeasured throughput phase with the continuum workers profiled.
+
+    Returns the printable top costs (or why there are none) and whether the phase failed.
+    """
     reason = system.unavailable()
     if reason:
-        return f"profile: skipped (continuum: {reason})"
+        return f"profile: skipped (continuum: {reason})", False
     try:
+        import pyinstrument  # noqa: F401
+
         from bench.profiling import top_costs
     except ImportError as exc:
-        return f"profile: skipped ({exc}; pip install -e '.[bench]')"
+        return f"profile: skipped ({exc}; pip install -e '.[bench]')", False
     profile_dir = logs / "profile"
     profile_dir.mkdir(exist_ok=True)
-    flush_redis(cfg)
     try:
+        flush_redis(cfg)
         with system.workers(cfg, logs, **{config.ENV_PROFILE_DIR: str(profile_dir)}) as workers:
             system.throughput(cfg, workers, logs)
     except BenchError as exc:
-        return f"profile: failed ({exc})"
-    return top_costs(profile_dir)
+        return f"profile: failed ({exc})", True
+    return top_costs(profile_dir), False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     systems = all_systems()
     print(render_header(cfg, os.cpu_count()), flush=True)
+    try:
+        flush_redis(cfg)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ensure_fresh_database(cfg)
     logs = Path(tempfile.mkdtemp(prefix="continuum-bench-"))
 
@@ -158,12 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(FOOTNOTE)
     print()
     print(render_ratios(outcomes))
+    profile_failed = False
     if args.profile:
+        text, profile_failed = profile_continuum(systems["continuum"], cfg, logs)
         print()
-        print(profile_continuum(systems["continuum"], cfg, logs))
+        print(text)
 
     failed = any(o.failed for o in outcomes)
-    if failed:
+    if failed or profile_failed:
         print(f"\nworker and driver logs: {logs}", file=sys.stderr)
     else:
         shutil.rmtree(logs, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 SAVE_EVERY_TASKS = 500
 PROFILE_INTERVAL_S = 0.0005
+MIN_SHARE = 0.001
 
 
 def install_worker_profiler(profile_dir: str) -> None:
@@ -57,6 +58,8 @@ def install_worker_profiler(profile_dir: str) -> None:
 def _package(path: str | None) -> str:
     if not path:
         return "<unknown>"
+    if path.startswith("<"):  # C functions: pyinstrument reports "<built-in>"
+        return path
     parts = Path(path).parts
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1].removesuffix(".py")
@@ -99,9 +102,8 @@ def top_costs(profile_dir: Path, limit: int = 20) -> str:
 
     total = sum(by_package.values()) or 1.0
     lines = [f"profile: {len(paths)} worker process(es), {total:.2f}s of task time sampled"]
-    lines.append("  self time by package:")
     for title, costs in (("package", by_package), ("function", by_function)):
         lines.append(f"  self time by {title}:")
         top = sorted(costs.items(), key=lambda item: item[1], reverse=True)[:limit]
-        lines += [f"    {t / total:6.1%}  {name}" for name, t in top]
+        lines += [f"    {t / total:6.1%}  {name}" for name, t in top if t / total >= MIN_SHARE]
     return "\n".join(lines)

@@ -58,7 +58,7 @@ def render_table(outcomes: list[Outcome]) -> str:
         return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
     out = [line(header), line(["-" * w for w in widths])]
-    out += [line(row) for row in rows]
+    out += [line(row) for row in rows] or ["(no system produced figures)"]
     return "\n".join(out)
 
 

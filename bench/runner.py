@@ -19,9 +19,13 @@ from pathlib import Path
 
 from bench.config import BenchConfig
 from bench.measure import delta, per_step, percentile, pg_counters, wait_for_no_clients
+from bench.procs import BenchError
 from bench.systems import System
 
 BACKENDS_GONE_DEADLINE_S = 60.0
+REDIS_MARKER_KEY = "continuum-bench:owner"
+# Keys of the test suite (tests/conftest.py prefixes them so); never flush those.
+TEST_KEY_PATTERN = "ctest:*"
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,25 @@ def ensure_fresh_database(cfg: BenchConfig) -> None:
 
 
 def flush_redis(cfg: BenchConfig) -> None:
-    """Empty the benchmark's Redis database (and only that one)."""
+    """Empty the benchmark's Redis database (and only that one), then mark it as the benchmark's.
+
+    Raises:
+        BenchError: the database holds keys the benchmark did not create (another
+            user's data, e.g. a test run's), so it is left untouched.
+    """
     import redis
 
     client = redis.Redis.from_url(cfg.redis_url)
     try:
+        foreign = next(iter(client.scan_iter(match=TEST_KEY_PATTERN, count=1000)), None)
+        if foreign is not None or (client.dbsize() and not client.exists(REDIS_MARKER_KEY)):
+            raise BenchError(
+                f"Redis {cfg.redis_url} holds keys the benchmark did not create"
+                f" (e.g. {foreign!r}); refusing to flush it. Pass --redis-url with a free"
+                " database number."
+            )
         client.flushdb()
+        client.set(REDIS_MARKER_KEY, "continuum-celery benchmark")
     finally:
         client.close()
 
