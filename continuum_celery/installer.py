@@ -198,8 +198,15 @@ class Continuum:
             self._stepper = None
 
         def on_init(sender: Any = None, **_: Any) -> None:
-            if _app_of(sender) is self.app:
-                self.load_workflow_modules()
+            if _app_of(sender) is not self.app:
+                return
+            self.load_workflow_modules()
+            try:
+                self.journal  # noqa: B018 - opening the journal checks its schema
+            except ConfigurationError as exc:
+                # Fail in the main process, before the pool starts: a worker on an unusable
+                # journal would take tasks off the queue and drop them.
+                raise SystemExit(f"continuum: the worker cannot start: {exc}") from exc
 
         def on_ready(sender: Any = None, **_: Any) -> None:
             if _app_of(sender) is not self.app:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .installer import Continuum
 
 TASK_OPTIONS: dict[str, Any] = {
+    # Bound to this app only: a shared task would be copied into every app finalized
+    # later in the process, where it would run another engine's journal.
+    "shared": False,
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
@@ -52,7 +55,7 @@ def register_tasks(app: Celery, engine: Continuum) -> None:
             max_payload_bytes=engine.settings.max_payload_bytes,
         )
 
-    @app.task(name=START_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=0)
+    @app.task(name=START_TASK, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)
     def start(*args: Any, workflow: str, run_id: str | None = None) -> str:
         """Start a run from a Celery canvas; returns the run id to the next link."""
         if len(args) > 1:
@@ -65,7 +68,7 @@ def register_tasks(app: Celery, engine: Continuum) -> None:
         handle = engine.client.start(get_workflow(workflow), args[0] if args else None, run_id=run_id)
         return handle.id
 
-    @app.task(name=SWEEP_TASK, ignore_result=True, max_retries=0)
+    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0)
     def sweep() -> int:
         """Re-derive and send every due dispatch from the journal."""
         return engine.sweep_once()
