@@ -29,7 +29,9 @@ DEFAULT_ONLY = "celery,continuum,dbos"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; see ``python -m bench --help``."""
     known = ", ".join(all_systems())
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmark continuum-celery against plain Celery and DBOS."
+    )
     parser.add_argument("--steps", "-N", type=int, default=config.DEFAULT_STEPS, help="steps per workflow")
     parser.add_argument(
         "--workflows",
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url=args.redis_url,
     )
     systems = all_systems()
-    print(render_header(cfg, os.cpu_count()), flush=True)
+    print(render_header(cfg, os.cpu_count(), os.getloadavg()[0]), flush=True)
     try:
         flush_redis(cfg)
     except BenchError as exc:

@@ -94,12 +94,17 @@ def render_ratios(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def render_header(cfg: BenchConfig, cores: int | None) -> str:
-    """One line naming the settings every figure below was measured with."""
+def render_header(cfg: BenchConfig, cores: int | None, load: float | None = None) -> str:
+    """One line naming the settings every figure below was measured with.
+
+    ``load`` is the 1-minute load average at the start: figures taken while
+    other work keeps the machine busy are not comparable with quiet ones.
+    """
+    load_text = "" if load is None else f", load {load:.2f}"
     return (
         f"N={cfg.steps} steps, W={cfg.workflows} workflows at once, worker concurrency "
         f"{cfg.concurrency}, {cfg.repetitions} repetition(s) (medians), "
-        f"{cfg.latency_runs} latency runs, {cores or '?'} cores, "
+        f"{cfg.latency_runs} latency runs, {cores or '?'} cores{load_text}, "
         f"database {cfg.db_name}, Redis {cfg.redis_url}"
     )
 
