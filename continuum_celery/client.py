@@ -118,7 +118,6 @@ class RunHandle:
         check_json(payload, f"payload of signal {name!r}", self._client.engine.settings.max_payload_bytes)
         engine = self._client.engine
         engine.dispatcher.send(engine.journal.send_signal(self.id, name, roundtrip(payload)))
-        telemetry.emit("signal_received", run_id=self.id, signal=name)
 
     def cancel(self) -> None:
         """Ask the run (and its children) to stop at the next step. Twice is harmless.

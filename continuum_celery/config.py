@@ -32,6 +32,8 @@ DEFAULT_ACTIVITY_TIMEOUT = 300.0
 DEFAULT_CACHE_SIZE = 256
 #: Celery queue of internal tasks; None means the app's task_default_queue, so existing workers consume it.
 DEFAULT_QUEUE: str | None = None
+#: Address the Prometheus exporter binds: loopback keeps metrics private unless asked otherwise.
+DEFAULT_METRICS_ADDR = "127.0.0.1"
 
 _ENV = {
     "database_url": "CONTINUUM_DATABASE_URL",
@@ -42,7 +44,13 @@ _ENV = {
     "snapshot_every": "CONTINUUM_SNAPSHOT_EVERY",
     "queue": "CONTINUUM_QUEUE",
     "key_prefix": "CONTINUUM_KEY_PREFIX",
+    "metrics_port": "CONTINUUM_METRICS_PORT",
+    "metrics_addr": "CONTINUUM_METRICS_ADDR",
 }
+
+
+# Field annotations (strings, under ``from __future__ import annotations``) read from text as numbers.
+_NUMERIC: dict[str, type] = {"float": float, "int": int, "int | None": int, "float | None": float}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class Settings:
         max_payload_bytes: largest JSON payload accepted.
         key_prefix: Redis key prefix (default ``continuum:<name>:``).
         workflow_modules: modules imported at worker boot to load workflow definitions.
+        metrics_port: serve Prometheus metrics from each worker process: a prefork pool child
+            on ``metrics_port + its index``, a solo or threads worker on ``metrics_port``
+            (``0``: any free port). None (the default) exports nothing.
+        metrics_addr: address the metrics server binds (loopback by default; ``0.0.0.0`` for a
+            Prometheus server on another host).
     """
 
     name: str = "default"
@@ -80,6 +93,8 @@ class Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     key_prefix: str = ""
     workflow_modules: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    metrics_addr: str = DEFAULT_METRICS_ADDR
 
     def __post_init__(self) -> None:
         if not self.key_prefix:
@@ -107,8 +122,14 @@ class Settings:
         if unknown:
             raise ConfigurationError(f"unknown continuum settings: {sorted(unknown)}")
         for f in fields(cls):
-            if f.name in values and f.type in ("float", "int") and isinstance(values[f.name], str):
-                values[f.name] = (float if f.type == "float" else int)(values[f.name])
+            if f.name in values and f.type in _NUMERIC and isinstance(values[f.name], str):
+                try:
+                    values[f.name] = _NUMERIC[f.type](values[f.name])
+                except ValueError:
+                    raise ConfigurationError(
+                        f"continuum setting {f.name}={values[f.name]!r} is not a number"
+                        + (f" (check {_ENV[f.name]})" if f.name in _ENV else "")
+                    ) from None
         if isinstance(values.get("workflow_modules"), (list, str)):
             mods = values["workflow_modules"]
             values["workflow_modules"] = tuple(mods.split(",") if isinstance(mods, str) else mods)

@@ -8,11 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .cli_format import compact, table
 from .client import RunHandle
 from .embedded import embedded_engine, running_worker
 from .errors import WorkflowFailed
 
 DEMO_DEADLINE = 60.0
+LABEL_WIDTH = 48
+RESULT_WIDTH = 80
 
 
 def _scenarios() -> list[tuple[str, Any, Any, str]]:
@@ -50,20 +53,29 @@ def _scenarios() -> list[tuple[str, Any, Any, str]]:
 
 def _describe(handle: RunHandle) -> str:
     try:
-        return repr(handle.result(timeout=0.01))
+        return compact(handle.result(timeout=0.01), RESULT_WIDTH)
     except WorkflowFailed as exc:
         comps = [
-            f"{c['activity'].rsplit('.', 1)[-1]}:{'ok' if c['ok'] else 'failed'}"
+            f"{c['activity'].rsplit('.', 1)[-1]} {'done' if c['ok'] else 'FAILED'}"
             for c in (exc.error or {}).get("compensations", [])
         ]
-        return f"{exc.error.get('type')}: {exc.error.get('message')} | compensations: {', '.join(comps) or 'none'}"
+        message = str(exc.error.get("message", "")).split(": ", 1)[-1]
+        return f"{exc.error.get('type')} ({message}); compensations: {', '.join(comps) or 'none'}"
+
+
+def _waiting_for_signal(handle: RunHandle) -> bool:
+    return any(e.kind.value == "signal_wait" for e in handle.history())
 
 
 def run_demo(database_url: str | None = None, redis_url: str | None = None, echo: Callable[[str], None] = print) -> int:
     """Run the demo; return 0 when every run ended as expected."""
     workdir = tempfile.mkdtemp(prefix="continuum-demo-")
     url = database_url or f"sqlite:///{os.path.join(workdir, 'journal.sqlite3')}"
-    echo(f"journal: {url}")
+    scenarios = _scenarios()
+    echo(f"continuum demo: {len(scenarios)} runs of the example workflows in workflows/, on an in-process worker")
+    echo(f"  journal: {url}")
+    echo(f"  wake-ups: {redis_url or 'in-process'}")
+    echo("")
     engine = embedded_engine(
         url,
         redis_url=redis_url,
@@ -71,8 +83,12 @@ def run_demo(database_url: str | None = None, redis_url: str | None = None, echo
         workflow_modules=("workflows.orders", "workflows.approvals", "workflows.fanout"),
     )
     began = time.monotonic()
+
+    def say(label: str, what: str) -> None:
+        echo(f"  {time.monotonic() - began:6.2f}s  {label:<{LABEL_WIDTH}}  {what}")
+
     with running_worker(engine):
-        runs = [(label, wf.start(payload), expected) for label, wf, payload, expected in _scenarios()]
+        runs = [(label, wf.start(payload), expected) for label, wf, payload, expected in scenarios]
         seen: dict[str, str] = {}
         signalled = False
         deadline = time.monotonic() + DEMO_DEADLINE
@@ -81,26 +97,25 @@ def run_demo(database_url: str | None = None, redis_url: str | None = None, echo
                 state = handle.status()
                 if seen.get(handle.id) != state:
                     seen[handle.id] = state
-                    echo(f"  {time.monotonic() - began:6.2f}s  {label:<50} {state}")
-                if (
-                    "approval" in label
-                    and not signalled
-                    and any(e.kind.value == "signal_wait" for e in handle.history())
-                ):
-                    echo(f"  {time.monotonic() - began:6.2f}s  {'-> sending signal decision={approved: true}':<50}")
+                    say(label, f"{state}  ({len(handle.history())} events)")
+                if "approval" in label and not signalled and _waiting_for_signal(handle):
+                    say(label, "<- signal decision={approved: true, by: dana}")
                     handle.signal("decision", {"approved": True, "by": "dana"})
                     signalled = True
             if all(seen.get(h.id) in ("completed", "failed", "cancelled") for _, h, _ in runs):
                 break
             time.sleep(0.05)
         echo("")
-        echo(f"{'run':<50} {'state':<10} {'events':>6}  result")
+        rows = []
         ok = True
         for label, handle, expected in runs:
             state = handle.status()
             ok &= state == expected
-            echo(f"{label:<50} {state:<10} {len(handle.history()):>6}  {_describe(handle)}")
+            mark = "" if state == expected else f" (expected {expected})"
+            rows.append((label, state + mark, len(handle.history()), _describe(handle)))
+        echo(table(("RUN", "STATE", "EVENTS", "RESULT"), rows))
     echo("")
     verdict = "all runs ended as expected" if ok else "SOME RUNS DID NOT END AS EXPECTED"
     echo(f"{verdict} in {time.monotonic() - began:.1f}s")
+    echo(f"look closer: continuum --database-url {url} runs list   (then: runs show <id>, doctor)")
     return 0 if ok else 1

@@ -82,18 +82,21 @@ class Dispatcher:
 
     def dispatch_member(self, member: str) -> None:
         """Called by the wake-up pump with a due member."""
-        parts = member.split("|", 3)
+        parts = member.split("|", 4)
         if parts[0] == "run" and len(parts) == 2:
             self.replay(parts[1])
-        elif parts[0] == "activity" and len(parts) == 4:
-            _, attempt, queue, task_id = parts
-            self.activity(task_id, int(attempt), queue or None)
+        elif parts[0] == "activity" and len(parts) in (4, 5):
+            # The fifth part, the activity name, only labels the message (older members lack it).
+            attempt, queue, task_id = parts[1:4]
+            self.activity(task_id, int(attempt), queue or None, parts[4] if len(parts) == 5 else "")
         else:
             log.warning("ignoring unknown wake-up member %r", member)
 
     @staticmethod
     def _member(d: Dispatch) -> str:
-        return run_member(d.id) if d.kind == "replay" else f"activity|{d.attempt}|{d.queue or ''}|{d.id}"
+        if d.kind == "replay":
+            return run_member(d.id)
+        return f"activity|{d.attempt}|{d.queue or ''}|{d.id}|{d.label}"
 
     def _send(self, name: str, args: list[Any], queue: str | None, argsrepr: str) -> None:
         options: dict[str, Any] = {"argsrepr": argsrepr.strip()}

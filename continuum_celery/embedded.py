@@ -33,7 +33,10 @@ def embedded_app(name: str = "continuum-embedded", broker_url: str = "memory://"
 def running_worker(
     engine: Continuum, *, concurrency: int = 4, sweep_interval: float = EMBEDDED_SWEEP_INTERVAL
 ) -> Iterator[Any]:
-    """Run a Celery worker (thread pool), the wake-up pump and a sweep loop until the block ends."""
+    """Run a Celery worker (thread pool), the wake-up pump and a sweep loop until the block ends.
+
+    With ``metrics_port`` set, the engine's Prometheus exporter serves for as long (``engine.metrics``).
+    """
     from celery.contrib.testing.worker import start_worker
 
     stop = threading.Event()
@@ -48,6 +51,7 @@ def running_worker(
     ) as worker:
         engine.record_versions()
         engine.start_pump()
+        engine.start_metrics()
         sweeper = threading.Thread(target=sweep_loop, name="continuum-embedded-sweep", daemon=True)
         sweeper.start()
         try:
@@ -56,6 +60,7 @@ def running_worker(
             stop.set()
             sweeper.join(timeout=5)
             engine.stop_pump()
+            engine.stop_metrics()
             engine.cache.clear()
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
-from . import telemetry
+from . import telemetry, tracing
 from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import PayloadError
@@ -50,8 +51,30 @@ def run_attempt(
     claim = journal.claim_activity(task_id, attempt, owner)
     if claim is None:
         return "dropped"
+    with tracing.span(
+        "continuum.activity",
+        trace_context=claim.trace_context,
+        attributes={
+            "continuum.run_id": claim.run_id,
+            "continuum.workflow": claim.workflow or None,
+            "continuum.activity": claim.name,
+            "continuum.attempt": claim.attempt,
+        },
+    ):
+        return _attempt(journal, dispatcher, claim, owner, celery_tasks, max_payload_bytes)
+
+
+def _attempt(
+    journal: Journal,
+    dispatcher: Dispatcher,
+    claim: ActivityClaim,
+    owner: str,
+    celery_tasks: Any,
+    max_payload_bytes: int,
+) -> str:
+    workflow = claim.workflow or None
     fields: dict[str, Any] = {"activity": claim.name, "attempt": claim.attempt}
-    telemetry.emit("activity_started", run_id=claim.run_id, **fields)
+    telemetry.emit("activity_started", run_id=claim.run_id, workflow=workflow, **fields)
     fn = _resolve(claim, celery_tasks)
     began = time.perf_counter()
     result: Any = None
@@ -76,15 +99,24 @@ def run_attempt(
     outcome = journal.finish_activity(claim, result=result, error=error, retryable=retryable)
     if outcome.status == "retry":
         due = outcome.dispatches[0].due if outcome.dispatches else None
-        telemetry.emit("activity_retried", run_id=claim.run_id, retry_in=due, **fields)
+        retry_in = (due - datetime.now(timezone.utc)).total_seconds() if due is not None else None
+        telemetry.emit("activity_retried", run_id=claim.run_id, workflow=workflow, retry_in=retry_in, **fields)
     elif outcome.status in ("completed", "failed"):
-        telemetry.emit(f"activity_{outcome.status}", run_id=claim.run_id, duration=duration, **fields)
+        error_field = {"error": error} if error is not None else {}
+        telemetry.emit(
+            f"activity_{outcome.status}",
+            run_id=claim.run_id,
+            workflow=workflow,
+            duration=duration,
+            **error_field,
+            **fields,
+        )
     if error is not None:
-        log.warning(
-            "activity %s attempt %d of run %s failed: %s",
+        telemetry.run_logger(__name__, claim.run_id, workflow).warning(
+            "activity %s attempt %d of %d failed: %s",
             claim.name,
             claim.attempt,
-            claim.run_id,
+            claim.max_attempts,
             error["message"],
         )
     dispatcher.send(outcome.dispatches)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 from celery.canvas import Signature
+from celery.utils.log import current_process_index
 
 from .cache import ExecutionCache
 from .client import Client
@@ -33,6 +34,8 @@ from .wakeups import LocalWakeups, RedisWakeups, WakeupPump, Wakeups
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from .metrics import PrometheusMetrics
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class Continuum:
         self.client = Client(self)
         self._pump: WakeupPump | None = None
         self._stepper: Stepper | None = None
+        self.metrics: PrometheusMetrics | None = None
         register_tasks(app, self)
         app.conf.beat_schedule = {
             **(app.conf.beat_schedule or {}),
@@ -150,7 +154,9 @@ class Continuum:
 
     def start_signature(self, workflow: str, args: tuple[Any, ...], run_id: str | None = None) -> Signature:
         """A ``continuum.start`` signature for use in chains, groups and chords."""
-        options = {"queue": self.settings.queue} if self.settings.queue else {}
+        options: dict[str, Any] = {"queue": self.settings.queue} if self.settings.queue else {}
+        # The input may hold secrets: monitors (Flower, events) see this text instead of the arguments.
+        options["argsrepr"] = f"{workflow} input=<hidden>"
         return self.app.signature(START_TASK, args=args, kwargs={"workflow": workflow, "run_id": run_id}, **options)
 
     def sweep_once(self) -> int:
@@ -186,8 +192,36 @@ class Continuum:
             self._pump.stop()
             self._pump = None
 
+    def start_metrics(self, offset: int = 0) -> int | None:
+        """Serve this process's Prometheus metrics on ``metrics_port + offset``, if ``metrics_port`` is set.
+
+        Idempotent. Returns the bound port (``metrics_port=0`` binds any free one), or None when off.
+
+        Raises:
+            ConfigurationError: prometheus-client is missing or the port cannot be bound.
+        """
+        port = self.settings.metrics_port
+        if port is None:
+            return None
+        if self.metrics is None:
+            from .metrics import enable_prometheus
+
+            self.metrics = enable_prometheus(port + offset if port else 0, addr=self.settings.metrics_addr)
+            bound = self.metrics.serve(0)  # already serving: returns the bound port
+            log.info("continuum: Prometheus metrics on http://%s:%s/metrics", self.settings.metrics_addr, bound)
+        return self.metrics.serve(0)
+
+    def stop_metrics(self) -> None:
+        """Stop serving and counting metrics in this process."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
     def _connect_signals(self) -> None:
-        def after_fork(**_: Any) -> None:
+        def after_fork(sender: Any = None, **_: Any) -> None:
+            # Celery passes the worker's node name: leases then name a node that `inspect ping` answers for.
+            if isinstance(sender, str) and sender:
+                self.hostname = sender
             # Connections inherited from the parent must not be shared with it.
             if self._journal is not None and isinstance(self._journal, SQLJournal):
                 self._journal.engine.dispose(close=False)
@@ -196,6 +230,10 @@ class Continuum:
             self.notifier = self._make_notifier()
             self.dispatcher.wakeups = self.wakeups
             self._stepper = None
+            if self.metrics is not None:  # the parent's exporter; its server thread did not survive the fork
+                self.metrics.uninstall()
+                self.metrics = None
+            self.start_metrics(current_process_index(base=0) or 0)
 
         def on_init(sender: Any = None, **_: Any) -> None:
             if _app_of(sender) is not self.app:
@@ -218,6 +256,8 @@ class Continuum:
                 log.error("continuum: the journal is not usable; run `continuum migrate`", exc_info=True)
                 raise
             self.start_pump()
+            if not _forks_children(getattr(sender, "pool", None)):
+                self.start_metrics()  # thread or green pools run tasks in this process
 
         def on_shutdown(sender: Any = None, **_: Any) -> None:
             self.stop_pump()
@@ -230,6 +270,13 @@ class Continuum:
 
 def _app_of(sender: Any) -> Any:
     return getattr(sender, "app", None)
+
+
+def _forks_children(pool: Any) -> bool:
+    """Whether ``pool`` runs tasks in child processes (which then serve their own metrics)."""
+    from celery.concurrency.prefork import TaskPool
+
+    return isinstance(pool, TaskPool)
 
 
 def _as_list(routes: Any) -> list[Any]:
@@ -251,3 +298,8 @@ def current(name: str | None = None) -> Continuum:
         get_default_app()
     assert _current is not None
     return _current
+
+
+def engines_of(app: Any) -> list[Continuum]:
+    """The engines installed on ``app`` (usually one), in installation order."""
+    return [engine for engine in _engines.values() if engine.app is app]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
-from . import telemetry
+from . import telemetry, tracing
 from .cache import ExecutionCache
 from .context import RunInfo, context_factory
 from .dispatch import Dispatcher
@@ -54,7 +55,13 @@ class Stepper:
                     self.cache.put(run_id, execution)
                 return state
             self.dispatcher.send(start.dispatches)
-            state, again = self._advance(start, execution)
+            self._emit_outcomes(start)
+            with tracing.span(
+                "continuum.replay",
+                trace_context=start.run.trace_context,
+                attributes={"continuum.run_id": run_id, "continuum.workflow": start.run.workflow},
+            ):
+                state, again = self._advance(start, execution)
             if not again:
                 return state
         self.dispatcher.replay(run_id)
@@ -62,6 +69,7 @@ class Stepper:
 
     def _advance(self, start: StepStart, execution: Execution | None) -> tuple[str, bool]:
         run = start.run
+        rlog = telemetry.run_logger(__name__, run.id, run.workflow)
         began = time.perf_counter()
         defn = self.registry.find(run.workflow, run.version_hash)
         if defn is None:
@@ -71,11 +79,8 @@ class Stepper:
                 workflow=run.workflow,
                 version_hash=run.version_hash,
             )
-            log.warning(
-                "run %s needs %s version %s, which this worker has not loaded; "
-                "leaving it suspended for a worker that has it",
-                run.id,
-                run.workflow,
+            rlog.warning(
+                "needs version %s, which this worker has not loaded; leaving the run suspended for a worker with it",
                 run.version_hash,
             )
             self.journal.release(start.lease, stuck_reason="unknown_version")
@@ -101,7 +106,7 @@ class Stepper:
                     workflow=run.workflow,
                     seq=getattr(exc, "seq", None),
                 )
-                log.error("%s", exc)
+                rlog.error("%s", exc)
                 self.journal.release(start.lease, stuck_reason="nondeterminism")
                 return "suspended", False
             child_versions = {}
@@ -138,16 +143,22 @@ class Stepper:
         self.dispatcher.send(result.dispatches)
         if result.finished_state is not None:
             execution.close()
-            telemetry.emit(f"run_{result.finished_state}", run_id=run.id, workflow=run.workflow)
+            if result.continued_run_id is not None:
+                telemetry.emit(
+                    "run_continued", run_id=run.id, workflow=run.workflow, next_run_id=result.continued_run_id
+                )
+                telemetry.emit(
+                    "run_started", run_id=result.continued_run_id, workflow=run.workflow, continued_from=run.id
+                )
+            else:
+                error = getattr(decision.outcome, "error", None)  # Fail and Cancelled carry one
+                extra = {"error": error} if error is not None else {}
+                telemetry.emit(f"run_{result.finished_state}", run_id=run.id, workflow=run.workflow, **extra)
             if self.notifier is not None:
                 try:
                     self.notifier.publish_finished(run.id, result.finished_state)
                 except Exception:
-                    log.debug(
-                        "finish notification of %s lost; waiters fall back to polling",
-                        run.id,
-                        exc_info=True,
-                    )
+                    rlog.debug("finish notification lost; waiters fall back to polling", exc_info=True)
             return result.finished_state, False
         self.cache.put(run.id, execution)
         if result.next_wakeup_at is not None and not result.runnable_again:
@@ -165,3 +176,19 @@ class Stepper:
                     activity=cmd.name,
                     attempt=1,
                 )
+            elif cmd.kind is Kind.CHILD_STARTED:
+                telemetry.emit("run_started", run_id=cmd.payload.get("run_id"), workflow=cmd.name, parent_run_id=run_id)
+
+    @staticmethod
+    def _emit_outcomes(start: StepStart) -> None:
+        """Announce the timers and signals this claim resolved (the events past the run's old ``last_seq``)."""
+        run = start.run
+        for event in start.events:
+            if event.seq <= run.last_seq:
+                continue
+            if event.kind is Kind.TIMER_FIRED:
+                fire_at = event.payload.get("fire_at")
+                lateness = (start.now - datetime.fromisoformat(fire_at)).total_seconds() if fire_at else None
+                telemetry.emit("timer_fired", run_id=run.id, workflow=run.workflow, lateness=lateness)
+            elif event.kind is Kind.SIGNAL_RECEIVED:
+                telemetry.emit("signal_received", run_id=run.id, workflow=run.workflow, signal=event.name)

@@ -17,7 +17,8 @@ on that logger, with ``run_id``, ``workflow`` and ``event`` on the log record.
 Events and their conventional fields (beyond ``run_id`` and ``workflow``):
 
 ==========================  ==========================================================
-``run_started``             a run was created
+``run_started``             a run was created (a child run: ``parent_run_id``; a
+                            continuation: ``continued_from``)
 ``run_completed``           the run returned a result
 ``run_failed``              the run ended failed (``error``)
 ``run_cancelled``           the run ended cancelled
@@ -26,9 +27,10 @@ Events and their conventional fields (beyond ``run_id`` and ``workflow``):
 ``activity_started``        ``activity``, ``attempt``
 ``activity_completed``      ``activity``, ``attempt``, ``duration`` (seconds)
 ``activity_failed``         ``activity``, ``attempt``, ``duration`` (seconds), ``error``
+                            (on the last attempt; earlier ones emit ``activity_retried``)
 ``activity_retried``        ``activity``, ``attempt``, ``retry_in`` (seconds)
 ``timer_fired``             ``lateness``: seconds between the due time and the firing
-``signal_received``         ``signal``: the signal's name
+``signal_received``         ``signal``: the signal's name (when the run takes it from its inbox)
 ``lease_lost``              ``token``: the stale fencing token the writer held
 ``unknown_version``         ``version_hash`` that this worker has not loaded
 ``nondeterminism``          ``seq``: the history sequence number that did not match

@@ -136,6 +136,8 @@ class ActivityClaim:
     timeout: float | None
     idempotency_key: str | None
     compensated_result: Any = None
+    workflow: str = ""
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,12 @@ class Journal(ABC):
 
     @abstractmethod
     def request_retry(self, run_id: str, who: str) -> list[Dispatch]:
-        """Unpark a stuck run or re-run a failed step, with an audit event."""
+        """Unpark a stuck run and run now its attempts waiting out a retry back-off, with an audit event.
+
+        The ``retry_requested`` event records ``by`` (``who``), the ``stuck_reason`` cleared and
+        the ``activities`` (name, attempt) brought forward. Raises RunNotFound / RunFinished
+        (a finished run never changes), InvalidArgument while a worker holds the run.
+        """
 
     # ---- sweep -------------------------------------------------------------------------
     @abstractmethod

@@ -143,7 +143,11 @@ class SQLBase:
         self.activity_timeout = activity_timeout
         self.queue = queue
         if check:
-            check_schema(self.engine)
+            try:
+                check_schema(self.engine)
+            except Exception:
+                self.engine.dispose()  # the caller never gets this journal to close
+                raise
 
     def _now(self) -> Any:
         return sa.literal(_utcnow(), UTCDateTime()) if self.is_sqlite else sa.func.now()

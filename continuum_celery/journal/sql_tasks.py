@@ -28,6 +28,14 @@ from .sql_base import (
 )
 
 
+def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
+    """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
+    return [
+        sa.select(c).where(runs.c.id == activity_tasks.c.run_id).scalar_subquery().label(f"run_{c.name}")
+        for c in columns
+    ]
+
+
 class TasksMixin(SQLBase):
     """Activity task rows and the run inbox."""
 
@@ -43,7 +51,7 @@ class TasksMixin(SQLBase):
                     sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
                 )
                 .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
-                .returning(*activity_tasks.c)
+                .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
             ).first()
             if row is None:
                 return None
@@ -66,6 +74,8 @@ class TasksMixin(SQLBase):
             timeout=row.timeout,
             idempotency_key=row.idempotency_key,
             compensated_result=arguments.get("result"),
+            workflow=row.run_workflow or "",
+            trace_context=loads(row.run_trace_context) or {},
         )
 
     def finish_activity(
@@ -192,12 +202,29 @@ class TasksMixin(SQLBase):
                 raise InvalidArgument(
                     f"run {run_id} is running now (lease held by {row.lease_owner}); nothing to retry."
                 )
+            # Attempts waiting out a retry back-off run now: the operator says the cause is fixed.
+            hurried = conn.execute(
+                activity_tasks.update()
+                .where(
+                    activity_tasks.c.run_id == run_id,
+                    activity_tasks.c.state == "scheduled",
+                    activity_tasks.c.retry_at > self._now(),
+                )
+                .values(retry_at=self._now(), dispatched_at=self._now(), updated_at=self._now())
+                .returning(activity_tasks.c.id, activity_tasks.c.attempt, activity_tasks.c.queue, activity_tasks.c.name)
+            ).all()
             conn.execute(
                 events.insert().values(
                     run_id=run_id,
                     seq=row.last_seq + 1,
                     kind=Kind.RETRY_REQUESTED.value,
-                    payload=dumps({"by": who, "stuck_reason": row.stuck_reason}),
+                    payload=dumps(
+                        {
+                            "by": who,
+                            "stuck_reason": row.stuck_reason,
+                            "activities": [{"activity": t.name, "attempt": t.attempt} for t in hurried],
+                        }
+                    ),
                     created_at=self._now(),
                 )
             )
@@ -211,4 +238,6 @@ class TasksMixin(SQLBase):
                     dispatched_at=self._now(),
                 )
             )
-            return [Dispatch("replay", run_id, label=row.workflow)]
+            return [Dispatch("replay", run_id, label=row.workflow)] + [
+                Dispatch("activity", t.id, queue=t.queue, attempt=t.attempt, label=t.name) for t in hurried
+            ]

@@ -147,9 +147,13 @@ class Stack:
         pool: str = "prefork",
         queues: str | None = None,
         wait: bool = True,
+        extra_args: tuple[str, ...] = (),
         **env: str,
     ) -> Proc:
-        """Start a ``celery worker`` subprocess; by default wait until it has booted."""
+        """Start a ``celery worker`` subprocess; by default wait until it has booted.
+
+        ``extra_args`` go to ``celery worker`` as they are (for example ``("-E",)`` for task events).
+        """
         name = name or f"w{len(self.procs)}-{self.token}"
         args = [
             "worker",
@@ -166,6 +170,7 @@ class Stack:
         ]
         if queues:
             args += ["-Q", queues]
+        args += list(extra_args)
         proc = self._spawn(name, args, self.env(CONTINUUM_HOSTNAME=name, **env))
         if wait:
             wait_until(lambda: self._booted(proc), 60, f"worker {name} to boot:\n{proc.output()[-3000:]}", 0.1)

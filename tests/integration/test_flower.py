@@ -1,0 +1,79 @@
+"""Flower, as operators run it, shows continuum's tasks readably and never their payloads."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tests.support.flows_ops import quick
+from tests.support.stack import Stack, wait_until
+
+SECRET = "4111-1111-1111-1111"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def test_flower_lists_the_continuum_tasks_of_a_finished_workflow_with_readable_args(stack: Stack) -> None:
+    stack.modules = ("tests.support.flows_ops",)
+    stack.client()
+    port = _free_port()
+    flower = stack._spawn(
+        "flower",
+        ["flower", f"--port={port}", "--address=127.0.0.1"],
+        stack.env(FLOWER_UNAUTHENTICATED_API="true"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _get(f"{base}/api/tasks") is not None, 60, f"flower to serve:\n{flower.output()[-2000:]}")
+    stack.worker(extra_args=("-E",))
+
+    direct = quick.start({"label": "direct", "card": SECRET})
+    assert direct.result(timeout=60) == {"first": "direct", "second": "two"}
+    canvas_run = f"canvas-{stack.token}"
+    quick.s({"label": "canvas", "card": SECRET}, run_id=canvas_run).delay()  # continuum.start through Celery
+
+    wait_until(
+        lambda: stack.sql("SELECT 1 FROM continuum_runs WHERE id = :r AND state = 'completed'", r=canvas_run),
+        60,
+        "the run started from a Celery signature to complete",
+    )
+
+    def seen() -> dict[str, Any] | None:
+        # Flower hears task events asynchronously: wait until it has both runs' tasks, all finished.
+        tasks = _get(f"{base}/api/tasks") or {}
+        args = " ".join(str(t.get("args")) for t in tasks.values())
+        both = all(f"task={run}:2 attempt=1" in args for run in (direct.id, canvas_run))
+        finished = all(t.get("state") == "SUCCESS" for t in tasks.values())
+        return tasks if both and finished and "input=<hidden>" in args else None
+
+    tasks = wait_until(seen, 60, "flower to record the tasks of both runs")
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks.values():
+        by_name.setdefault(task["name"], []).append(task)
+
+    replays = [t["args"] for t in by_name["continuum.replay"]]
+    assert f"ops.quick run={direct.id}" in replays
+    assert f"ops.quick run={canvas_run}" in replays
+    activities = sorted(t["args"] for t in by_name["continuum.activity"] if direct.id in t["args"])
+    assert activities == [
+        f"tests.support.flows_ops.echo task={direct.id}:1 attempt=1",
+        f"tests.support.flows_ops.echo task={direct.id}:2 attempt=1",
+    ]
+    [start] = by_name["continuum.start"]
+    assert start["args"] == "ops.quick input=<hidden>"
+    # The workflow input went through the broker (run ids only, or hidden); no monitor ever saw it.
+    assert SECRET not in json.dumps(tasks)
