@@ -28,7 +28,7 @@ def validate_run_id(run_id: Any) -> str:
     Raises:
         InvalidArgument: not a str of 1-128 letters, digits and ``._:@-``, starting with a letter or digit.
     """
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise InvalidArgument(
             f"run_id {run_id!r} is malformed: use 1 to 128 characters of letters, digits and . _ : @ -, "
             "starting with a letter or digit (or leave it out to get a UUID).",
@@ -39,7 +39,7 @@ def validate_run_id(run_id: Any) -> str:
 
 def validate_signal_name(name: Any) -> str:
     """Return ``name`` if it is a usable signal name. Raises InvalidArgument."""
-    if not isinstance(name, str) or not _SIGNAL_NAME.match(name):
+    if not isinstance(name, str) or not _SIGNAL_NAME.fullmatch(name):
         raise InvalidArgument(
             f"signal name {name!r} is malformed: use 1 to 200 letters, digits and . _ : -.",
             signal=repr(name),
