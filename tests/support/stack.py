@@ -76,6 +76,8 @@ class Stack:
     tmp: Path
     modules: tuple[str, ...] = ("tests.support.flows",)
     lease_ttl: float = 30.0
+    #: Environment given to every worker and beat process of this stack (on top of the harness's).
+    extra_env: dict[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: list[Proc] = field(default_factory=list)
     engine: Any = None
@@ -100,6 +102,7 @@ class Stack:
             CONTINUUM_TEST_MODULES=",".join(self.modules),
             CONTINUUM_LEASE_TTL=str(self.lease_ttl),
         )
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -186,6 +189,11 @@ class Stack:
         if proc.popen.poll() is not None:
             raise AssertionError(f"worker {proc.name} exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}")
         return "ready." in proc.output()
+
+    def create_test_tables(self) -> None:
+        """Create the tables activities record their effects in: ``test_effects`` (unique key) and ``test_marks``."""
+        self.sql("CREATE TABLE test_effects (key text PRIMARY KEY, at timestamptz DEFAULT now())")
+        self.sql("CREATE TABLE test_marks (id serial PRIMARY KEY, name text NOT NULL, at timestamptz DEFAULT now())")
 
     def sql(self, statement: str, **params: Any) -> list[Any]:
         """Run SQL against the test database and return the rows (for assertions)."""

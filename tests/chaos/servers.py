@@ -1,0 +1,181 @@
+"""Private Redis and PostgreSQL servers that a chaos scenario owns and may crash and restart.
+
+The shared servers of the test machine serve other tests at the same time, so
+the scenarios that take a server down start their own on a free port, in a
+temporary directory removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.support.stack import wait_until
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A ``redis-server`` subprocess without persistence: a restart loses every key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        log = (self.directory / f"redis-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+        wait_until(self.ping, 30, f"redis-server on port {self.port} to answer")
+
+    def ping(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def crash(self) -> None:
+        """SIGKILL the server: every key is gone, every client connection breaks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def sizes(self) -> dict[str, int]:
+        """Every key with its size (members of a list, set, sorted set or hash; 1 for a string)."""
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        measure: dict[str, Callable[[str], Any]] = {
+            "list": client.llen,
+            "set": client.scard,
+            "zset": client.zcard,
+            "hash": client.hlen,
+        }
+        try:
+            return {
+                key: int(measure.get(str(client.type(key)), lambda _: 1)(key)) for key in client.scan_iter(count=1000)
+            }
+        finally:
+            client.close()
+
+    def flushall(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self.crash()
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (initdb into a temporary directory), started with ``pg_ctl``.
+
+    PostgreSQL refuses to run as root, so as root the commands run as the ``postgres`` user.
+    """
+
+    def __init__(self) -> None:
+        bindir = _pg_bindir()
+        if bindir is None:
+            raise FileNotFoundError("no PostgreSQL server binaries (pg_ctl, initdb) on this machine")
+        self.bindir = bindir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="continuum-chaos-pg-"))
+        self.data = self.directory / "data"
+        self.starts = 0
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bindir / tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.directory / "server.log"), "-w", "start"
+        )
+        self.starts += 1
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; ``immediate`` is a crash (no clean shutdown, recovery at the next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def create_database(self, name: str) -> str:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return self.url(name)
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already down
+            self.stop("fast")
+        shutil.rmtree(self.directory, ignore_errors=True)
