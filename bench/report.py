@@ -50,7 +50,8 @@ def render_table(outcomes: list[Outcome]) -> str:
         summary = outcome.summary()
         if summary is None:
             continue
-        rows.append([outcome.label, *(_cell(getattr(summary, attr), fmt) for _, attr, fmt in COLUMNS)])
+        label = f"{outcome.label} (partial)" if outcome.failed else outcome.label
+        rows.append([label, *(_cell(getattr(summary, attr), fmt) for _, attr, fmt in COLUMNS)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -127,6 +127,10 @@ class TestReport:
         assert lines[1].endswith("n/a (DBOS skipped)")
         assert lines[2].endswith("2.50x")
 
+    def test_table_marks_figures_of_a_system_that_failed_later(self) -> None:
+        outcomes = [Outcome("continuum", "continuum", [_rep(80.0)], failed="run timed out")]
+        assert render_table(outcomes).splitlines()[2].startswith("continuum (partial)")
+
     def test_table_lists_only_systems_with_figures(self) -> None:
         outcomes = [
             Outcome("celery", "Celery", [_rep(600.0, commits=None)]),
