@@ -165,7 +165,7 @@ class Continuum:
             lambda: self.journal.sweep(batch=self.settings.sweep_batch, redispatch_after=self.settings.redispatch_after)
         )
         self.dispatcher.send(dispatches)
-        emit_sweep(len(dispatches), duration)
+        emit_sweep(len(dispatches), self.journal.due_backlog(), duration)
         return len(dispatches)
 
     def load_workflow_modules(self) -> None:

@@ -83,5 +83,6 @@ def timed(fn: Any) -> tuple[Any, float]:
     return value, time.perf_counter() - began
 
 
-def emit_sweep(dispatched: int, duration: float) -> None:
-    telemetry.emit("sweep", duration=duration, dispatched=dispatched, due_backlog=dispatched)
+def emit_sweep(dispatched: int, due_backlog: int | None, duration: float) -> None:
+    """Report one sweep: what it sent, and the due work still waiting for a worker."""
+    telemetry.emit("sweep", duration=duration, dispatched=dispatched, due_backlog=due_backlog)

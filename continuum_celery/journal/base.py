@@ -258,6 +258,10 @@ class Journal(ABC):
     def sweep(self, *, batch: int, redispatch_after: float) -> list[Dispatch]:
         """Re-derive due work: runs due or with expired leases, activity tasks due or expired."""
 
+    def due_backlog(self) -> int | None:
+        """Due work no worker has started yet (the ``sweep`` event's ``due_backlog``); None: not counted."""
+        return None
+
     # ---- versions ----------------------------------------------------------------------
     @abstractmethod
     def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> None:

@@ -79,12 +79,9 @@ runs = sa.Table(
     sa.Column("updated_at", _ts, nullable=False),
     sa.CheckConstraint(f"state IN {RUN_STATES!r}", name="continuum_runs_state"),
 )
-sa.Index(
-    "continuum_runs_due",
-    runs.c.next_wakeup_at,
-    postgresql_where=runs.c.state.in_(["pending", "suspended"]),
-    sqlite_where=runs.c.state.in_(["pending", "suspended"]),
-)
+# Only runs a worker may claim when due: parked runs (stuck_reason) stay out of the sweep's reads.
+_claimable = sa.and_(runs.c.state.in_(["pending", "suspended"]), runs.c.stuck_reason.is_(None))
+sa.Index("continuum_runs_due", runs.c.next_wakeup_at, postgresql_where=_claimable, sqlite_where=_claimable)
 sa.Index(
     "continuum_runs_leased",
     runs.c.lease_expires_at,

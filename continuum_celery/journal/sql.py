@@ -22,26 +22,24 @@ from ..errors import (
 from ..events import Event
 from ..serialization import dumps
 from .base import (
-    Dispatch,
     Journal,
     NewRun,
     RunRecord,
 )
 from .schema import (
     TERMINAL_STATES,
-    activity_tasks,
     runs,
     workflow_versions,
 )
 from .sql_base import (
-    _RUNNABLE,
     run_record,
 )
 from .sql_steps import StepsMixin
+from .sql_sweep import SweepMixin
 from .sql_tasks import TasksMixin
 
 
-class SQLJournal(StepsMixin, TasksMixin, Journal):
+class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
     """The production journal.
 
     Args:
@@ -110,69 +108,6 @@ class SQLJournal(StepsMixin, TasksMixin, Journal):
     def continued_to(self, run_id: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(runs.c.id).where(runs.c.continued_from_run_id == run_id)).scalar()
-
-    def sweep(self, *, batch: int, redispatch_after: float) -> list[Dispatch]:
-        dispatches: list[Dispatch] = []
-        with self._tx() as conn:
-            now = self._now()
-            stale = self._after(-redispatch_after)
-            not_recent = sa.or_(runs.c.dispatched_at.is_(None), runs.c.dispatched_at < stale)
-            due = sa.or_(
-                sa.and_(
-                    runs.c.state.in_(_RUNNABLE),
-                    runs.c.stuck_reason.is_(None),
-                    runs.c.next_wakeup_at <= now,
-                ),
-                sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
-            )
-            rows = conn.execute(
-                sa.select(runs.c.id, runs.c.workflow)
-                .where(due, not_recent)
-                .order_by(runs.c.next_wakeup_at)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if rows:
-                conn.execute(runs.update().where(runs.c.id.in_([r.id for r in rows])).values(dispatched_at=now))
-            dispatches += [Dispatch("replay", r.id, label=r.workflow) for r in rows]
-            task_not_recent = sa.or_(activity_tasks.c.dispatched_at.is_(None), activity_tasks.c.dispatched_at < stale)
-            tasks = conn.execute(
-                sa.select(
-                    activity_tasks.c.id,
-                    activity_tasks.c.attempt,
-                    activity_tasks.c.queue,
-                    activity_tasks.c.name,
-                )
-                .where(
-                    activity_tasks.c.state == "scheduled",
-                    sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
-                    task_not_recent,
-                )
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if tasks:
-                conn.execute(
-                    activity_tasks.update()
-                    .where(activity_tasks.c.id.in_([t.id for t in tasks]))
-                    .values(dispatched_at=now)
-                )
-            dispatches += [Dispatch("activity", t.id, queue=t.queue, attempt=t.attempt, label=t.name) for t in tasks]
-            expired = conn.execute(
-                sa.select(activity_tasks)
-                .where(activity_tasks.c.state == "running", activity_tasks.c.lease_expires_at < now)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for task in expired:
-                error = {
-                    "type": "ActivityTimeout",
-                    "module": "continuum_celery.errors",
-                    "message": f"attempt {task.attempt} did not finish within {task.timeout} s "
-                    f"(the worker {task.owner} died or the activity overran its timeout)",
-                }
-                dispatches += self._fail_attempt(conn, task, error, retryable=True).dispatches
-        return dispatches
 
     def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> None:
         if not versions:

@@ -206,7 +206,13 @@ class SQLBase:
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
         """Note new input for a run; return a dispatch if nobody is about to look at it."""
         row = conn.execute(
-            sa.select(runs.c.state, runs.c.dispatched_at, runs.c.stuck_reason, runs.c.workflow)
+            sa.select(
+                runs.c.state,
+                runs.c.dispatched_at,
+                runs.c.stuck_reason,
+                runs.c.workflow,
+                (runs.c.next_wakeup_at <= self._now()).label("due"),
+            )
             .where(runs.c.id == run_id)
             .with_for_update()
         ).first()
@@ -214,7 +220,9 @@ class SQLBase:
             return None
         values: dict[str, Any] = {"wake_seq": runs.c.wake_seq + 1}
         send = row.state in _RUNNABLE and row.dispatched_at is None and row.stuck_reason is None
-        if row.state in _RUNNABLE:
+        # A due run keeps its wake-up time: moved to this transaction's now(), it could turn later
+        # than the now() of a claim already waiting on the row lock, which would then fail.
+        if row.state in _RUNNABLE and not row.due:
             values["next_wakeup_at"] = self._now()
         if send:
             values["dispatched_at"] = self._now()
