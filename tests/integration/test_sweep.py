@@ -299,7 +299,7 @@ def test_a_dispatched_run_is_sent_again_after_a_growing_wait(
 
 MODULES = ("tests.support.flows", "tests.support.flows_time")
 #: Fast sweeps for the tests (production default: every 5 s, redispatch after 15 s).
-FAST_SWEEP = {"CONTINUUM_SWEEP_INTERVAL": "0.5", "CONTINUUM_REDISPATCH_AFTER": "4"}
+FAST_SWEEP = {"CONTINUUM_SWEEP_INTERVAL": "0.5", "CONTINUUM_REDISPATCH_AFTER": "8"}
 
 
 def _lose_redis(stack: Stack, redis_url: str) -> None:
@@ -390,20 +390,21 @@ def test_two_beats_sweeping_at_once_fire_every_timer_exactly_once(stack: Stack) 
     sweep_only = {"CONTINUUM_REDIS_URL": "", "CONTINUUM_SWEEP_INTERVAL": "0.3", "CONTINUUM_REDISPATCH_AFTER": "0.2"}
     worker = stack.worker(concurrency=4, **sweep_only)
     beats = [stack.beat(**sweep_only), stack.beat(**sweep_only)]
-    handles = [timers.start({"count": 4, "seconds": 0.5}) for _ in range(20)]
+    runs_n = 12
+    handles = [timers.start({"count": 4, "seconds": 0.5}) for _ in range(runs_n)]
     ids = [h.id for h in handles]
-    wait_until(lambda: _states(stack, ids) == {"completed": 20}, 90, "all 20 runs to fire their 4 timers")
-    assert [h.result(timeout=5) for h in handles] == [4] * 20
+    wait_until(lambda: _states(stack, ids) == {"completed": runs_n}, 90, f"all {runs_n} runs to fire their 4 timers")
+    assert [h.result(timeout=5) for h in handles] == [4] * runs_n
     scheduled = stack.sql(
         "SELECT run_id, command_id FROM continuum_events WHERE run_id = ANY(:ids) AND kind = 'timer_scheduled'",
         ids=ids,
     )
-    assert len(scheduled) == 80
+    assert len(scheduled) == 4 * runs_n
     assert _fired_per_timer(stack, ids) == {(r.run_id, r.command_id): 1 for r in scheduled}
     assert stack.sql("SELECT count(*) AS n FROM continuum_timers WHERE state <> 'fired'")[0].n == 0
     for beat in beats:  # both beats were sending sweeps the whole time
         assert len(re.findall(r"Sending due task continuum-sweep", beat.output())) >= 5, beat.output()[-2000:]
-    assert _sweep_dispatches(worker) >= 80
+    assert _sweep_dispatches(worker) >= 4 * runs_n
 
 
 def test_a_worker_killed_holding_a_lease_is_recovered_by_the_sweep(stack: Stack) -> None:
