@@ -18,6 +18,7 @@ import click
 from .cli_context import EXIT_FAILED, CommandFailed, ContinuumGroup, Operator, operator
 from .cli_format import compact, echo_json
 from .cli_runs import runs
+from .cli_versions import replay_check, versions
 from .client import validate_run_id, validate_signal_name
 from .errors import RunFinished
 from .serialization import check_json, roundtrip
@@ -230,3 +231,5 @@ def demo(ctx: click.Context, demo_db: str | None, redis_url: str | None) -> None
 celery_command = main
 
 # Commands defined in their own modules join the group here.
+main.add_command(versions)
+main.add_command(replay_check)

@@ -71,7 +71,7 @@ class Client:
             )
             _, created = self._engine.journal.create_run(new)
         if created:
-            self._engine.dispatcher.send([Dispatch("replay", run_id, label=defn.name)])
+            self._engine.dispatcher.send([Dispatch("replay", run_id, label=defn.name, version_hash=defn.version_hash)])
             telemetry.emit("run_started", run_id=run_id, workflow=defn.name)
         return RunHandle(self, run_id)
 

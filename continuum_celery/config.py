@@ -32,6 +32,10 @@ DEFAULT_ACTIVITY_TIMEOUT = 300.0
 DEFAULT_CACHE_SIZE = 256
 #: Celery queue of internal tasks; None means the app's task_default_queue, so existing workers consume it.
 DEFAULT_QUEUE: str | None = None
+#: Seconds between two refreshes of a worker's rows in ``continuum_workflow_versions``.
+DEFAULT_VERSION_HEARTBEAT = 15.0
+#: A version not refreshed by any worker for this many seconds counts as gone (its worker died).
+DEFAULT_VERSION_TTL = 60.0
 #: Address the Prometheus exporter binds: loopback keeps metrics private unless asked otherwise.
 DEFAULT_METRICS_ADDR = "127.0.0.1"
 
@@ -44,10 +48,11 @@ _ENV = {
     "snapshot_every": "CONTINUUM_SNAPSHOT_EVERY",
     "queue": "CONTINUUM_QUEUE",
     "key_prefix": "CONTINUUM_KEY_PREFIX",
+    "version_heartbeat": "CONTINUUM_VERSION_HEARTBEAT",
+    "version_ttl": "CONTINUUM_VERSION_TTL",
     "metrics_port": "CONTINUUM_METRICS_PORT",
     "metrics_addr": "CONTINUUM_METRICS_ADDR",
 }
-
 
 # Field annotations (strings, under ``from __future__ import annotations``) read from text as numbers.
 _NUMERIC: dict[str, type] = {"float": float, "int": int, "int | None": int, "float | None": float}
@@ -72,6 +77,11 @@ class Settings:
         max_payload_bytes: largest JSON payload accepted.
         key_prefix: Redis key prefix (default ``continuum:<name>:``).
         workflow_modules: modules imported at worker boot to load workflow definitions.
+        version_routing: send each run's replays to its version's queue (``<queue>.v.<hash>``),
+            which only workers that have that version consume.
+        version_heartbeat: seconds between refreshes of a worker's served versions.
+        version_ttl: seconds after which versions no worker refreshed count as gone; the sweep
+            then parks their due runs as ``unknown_version``.
         metrics_port: serve Prometheus metrics from each worker process: a prefork pool child
             on ``metrics_port + its index``, a solo or threads worker on ``metrics_port``
             (``0``: any free port). None (the default) exports nothing.
@@ -93,6 +103,9 @@ class Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     key_prefix: str = ""
     workflow_modules: tuple[str, ...] = ()
+    version_routing: bool = True
+    version_heartbeat: float = DEFAULT_VERSION_HEARTBEAT
+    version_ttl: float = DEFAULT_VERSION_TTL
     metrics_port: int | None = None
     metrics_addr: str = DEFAULT_METRICS_ADDR
 
@@ -102,6 +115,11 @@ class Settings:
         if self.lease_ttl <= 1:
             raise ConfigurationError(
                 f"lease_ttl={self.lease_ttl} is too short: use at least 2 seconds (default {DEFAULT_LEASE_TTL})."
+            )
+        if not 0 < self.version_heartbeat < self.version_ttl:
+            raise ConfigurationError(
+                f"version_heartbeat={self.version_heartbeat} and version_ttl={self.version_ttl}: use a positive "
+                f"heartbeat shorter than the ttl (defaults {DEFAULT_VERSION_HEARTBEAT} and {DEFAULT_VERSION_TTL})."
             )
         if self.snapshot_every < 10:
             raise ConfigurationError(f"snapshot_every={self.snapshot_every}: use 10 or more.")

@@ -115,6 +115,7 @@ class WorkflowContext:
         self._compensable: dict[int, tuple[str, dict[str, Any]]] = {}
         self._compensated: set[int] = set()
         self._rng: _random.Random | None = None
+        self._patches: dict[str, bool] = {}
         self.logger: logging.LoggerAdapter[logging.Logger] = run_logger(
             "continuum_celery.workflow", info.run_id, info.workflow
         )
@@ -284,18 +285,42 @@ class WorkflowContext:
         return float(payload["value"])
 
     def patched(self, patch_id: str) -> bool:
-        """True on runs that reach this point with the change; False when replaying an older history."""
+        """Tell whether this run takes the new branch of the in-place change ``patch_id``.
+
+        A run reaching this point for the first time gets True and records a
+        ``patch_marker``; replaying a history that went past this point without the
+        marker gives False, so runs started on the old code keep the old branch. The
+        first answer holds for the rest of the run (later calls with the same id repeat
+        it). The edit changes the body's version hash: declare the old hash in
+        ``@workflow(compatible_with=...)`` so workers serve old runs with this body.
+
+        Raises:
+            InvalidArgument: ``patch_id`` is not a non-empty str.
+        """
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        if not isinstance(patch_id, str) or not patch_id:
+            raise InvalidArgument(f"ctx.patched({patch_id!r}): the patch id must be a non-empty str.")
         recorded = self._execution.peek_command()
         if recorded is not None and recorded.kind is Kind.PATCH_MARKER and recorded.name == patch_id:
             self._execution.skip_command()
-            return True
-        if recorded is not None:
-            return False
-        self._execution.command(Kind.PATCH_MARKER, patch_id, {})
-        return True
+            decided = True
+        elif recorded is not None or self._execution.history_ended:
+            decided = False
+        else:
+            self._execution.command(Kind.PATCH_MARKER, patch_id, {})
+            decided = True
+        self._patches[patch_id] = decided
+        return decided
 
     def deprecate_patch(self, patch_id: str) -> None:
-        """Mark a patch whose old branch is gone: consumes a recorded marker, records nothing new."""
+        """Retire a patch once no run needs its old branch: the code keeps only the new branch.
+
+        Consumes the marker a history recorded at this point (so runs that took the new
+        branch still replay) and records nothing new. Old histories without the marker
+        no longer replay: call it only when ``continuum versions`` shows none is left.
+        """
         recorded = self._execution.peek_command()
         if recorded is not None and recorded.kind is Kind.PATCH_MARKER and recorded.name == patch_id:
             self._execution.skip_command()

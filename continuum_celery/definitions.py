@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .errors import DefinitionError, UnknownWorkflow
+from .versioning import check_compatible_with
 from .versioning import registry as workflow_registry
 from .versioning import version_hash as compute_version_hash
 
@@ -178,12 +179,20 @@ def activity(
 class WorkflowDefinition(Generic[R]):
     """A workflow function with its identity: logical name, version number, version hash."""
 
-    def __init__(self, fn: Callable[[Any, Any], R], name: str, version: int, saga: bool) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], R],
+        name: str,
+        version: int,
+        saga: bool,
+        compatible_with: tuple[str, ...] = (),
+    ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
         self.saga = saga
         self.version_hash = compute_version_hash(fn, version)
+        self.compatible_with = compatible_with
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
@@ -241,7 +250,11 @@ def _check_workflow_signature(fn: Callable[..., Any]) -> None:
 def workflow(fn: Callable[[Any, Any], R], /) -> WorkflowDefinition[R]: ...
 @overload
 def workflow(
-    *, workflow: str | None = None, version: int = 1, saga: bool = False
+    *,
+    workflow: str | None = None,
+    version: int = 1,
+    saga: bool = False,
+    compatible_with: Sequence[str] = (),
 ) -> Callable[[Callable[[Any, Any], R]], WorkflowDefinition[R]]: ...
 
 
@@ -252,8 +265,27 @@ def workflow(
     workflow: str | None = None,
     version: int = 1,
     saga: bool = False,
+    compatible_with: Sequence[str] = (),
 ) -> Any:
     """Declare a durable workflow: a function of ``(ctx, input)`` replayed from its journal.
+
+    Every run is pinned to the ``version_hash`` of the body it started on (the
+    normalised source plus ``version``) and resumes only on a worker that has
+    loaded that exact body: replay messages go to the version's own queue. Two
+    ways to change a workflow:
+
+    * Keep the old body next to the new one: ``version=1`` on the old function,
+      ``version=2`` on the new, same ``workflow=`` name. New runs start on the
+      highest version; old runs finish on version 1. Delete it once
+      ``continuum versions`` shows no run pinned to it.
+    * Edit the body in place, guarding each change with ``ctx.patched("id")``
+      (old histories take the old branch). The edit changes the hash, so old runs
+      would find no worker; declare the hashes the edited body can still replay
+      with ``compatible_with=("<old hash>", ...)`` (the hash is shown by
+      ``continuum versions`` and in every run row). Workers then serve those runs
+      with the edited body. Verify the claim before deploying:
+      ``continuum replay-check --database-url ...`` replays stored histories
+      against the current code and reports every run it can no longer reproduce.
 
     Args:
         workflow: logical name (default ``module.qualname``). Two definitions with one
@@ -261,16 +293,22 @@ def workflow(
             version they started on.
         version: version number, hashed with the body into ``version_hash``.
         saga: run the compensations of completed activities when the body raises.
+        compatible_with: version hashes of earlier bodies whose runs this body can
+            replay (an in-place edit guarded by ``ctx.patched``). An exact match wins:
+            a loaded body with that very hash still serves its own runs.
 
     Raises:
-        DefinitionError: not a function of (ctx, input), or a clashing name/version.
+        DefinitionError: not a function of (ctx, input), a clashing name/version, a
+            malformed ``compatible_with``, or an old hash claimed by two bodies.
     """
 
     def decorate(f: Callable[..., Any]) -> WorkflowDefinition[Any]:
         _check_workflow_signature(f)
         if not isinstance(version, int) or version < 1:
             raise DefinitionError(f"@workflow(version={version!r}): use a positive integer.")
-        defn = WorkflowDefinition(f, workflow or _qualified_name(f), version, saga)
+        name = workflow or _qualified_name(f)
+        compatible = check_compatible_with(compatible_with, f"@workflow {name}")
+        defn = WorkflowDefinition(f, name, version, saga, compatible)
         workflow_registry.register(defn)
         return defn
 

@@ -51,6 +51,7 @@ def running_worker(
     ) as worker:
         engine.record_versions()
         engine.start_pump()
+        engine.start_heartbeat()
         engine.start_metrics()
         sweeper = threading.Thread(target=sweep_loop, name="continuum-embedded-sweep", daemon=True)
         sweeper.start()
@@ -60,6 +61,7 @@ def running_worker(
             stop.set()
             sweeper.join(timeout=5)
             engine.stop_pump()
+            engine.stop_heartbeat()
             engine.stop_metrics()
             engine.cache.clear()
 
@@ -67,8 +69,12 @@ def running_worker(
 def embedded_engine(
     database_url: str, *, redis_url: str | None = None, name: str = "embedded", **settings: Any
 ) -> Continuum:
-    """Migrate ``database_url`` and install an engine on an in-memory-broker Celery app."""
+    """Migrate ``database_url`` and install an engine on an in-memory-broker Celery app.
+
+    Version routing is off by default here: one process holds every version it serves.
+    """
     migrate(database_url)
+    settings.setdefault("version_routing", False)
     return Continuum(
         embedded_app(f"continuum-{name}"), database_url=database_url, redis_url=redis_url, name=name, **settings
     )

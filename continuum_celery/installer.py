@@ -27,6 +27,7 @@ from .journal.base import Journal
 from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .routing import VersionHeartbeat, add_version_queues, base_queue, report_unknown_versions
 from .stepper import Stepper
 from .tasks import emit_sweep, register_tasks, timed
 from .versioning import registry as workflow_registry
@@ -75,10 +76,13 @@ class Continuum:
         self._redis: Any = None
         self.wakeups: Wakeups = self._make_wakeups()
         self.notifier: Notifier = self._make_notifier()
-        self.dispatcher = Dispatcher(app, self.settings.queue, self.wakeups)
+        self.dispatcher = Dispatcher(
+            app, self.settings.queue, self.wakeups, version_routing=self.settings.version_routing
+        )
         self.cache = ExecutionCache(self.settings.cache_size)
         self.client = Client(self)
         self._pump: WakeupPump | None = None
+        self._heartbeat: VersionHeartbeat | None = None
         self._stepper: Stepper | None = None
         self.metrics: PrometheusMetrics | None = None
         register_tasks(app, self)
@@ -160,7 +164,13 @@ class Continuum:
         return self.app.signature(START_TASK, args=args, kwargs={"workflow": workflow, "run_id": run_id}, **options)
 
     def sweep_once(self) -> int:
-        """One sweep: send every due dispatch the journal holds; returns how many."""
+        """One sweep: park runs whose version no live worker has, send every due dispatch; returns how many."""
+        report_unknown_versions(
+            self.journal,
+            live_within=self.settings.version_ttl,
+            batch=self.settings.sweep_batch,
+            served={(d.name, h) for d, h in workflow_registry.served()},
+        )
         dispatches, duration = timed(
             lambda: self.journal.sweep(batch=self.settings.sweep_batch, redispatch_after=self.settings.redispatch_after)
         )
@@ -174,12 +184,32 @@ class Continuum:
             importlib.import_module(module)
 
     def record_versions(self) -> None:
-        """Upsert the workflow versions this process has loaded into the journal."""
-        loaded = [
-            (d.name, d.version_hash, d.version, getattr(d.fn, "__module__", ""))
-            for d in workflow_registry.definitions()
+        """Upsert the versions this process serves (loaded and declared compatible) into the journal.
+
+        Runs parked because no worker had one of these versions are dispatched again at once.
+        """
+        served = [
+            (d.name, version_hash, d.version, getattr(d.fn, "__module__", ""))
+            for d, version_hash in workflow_registry.served()
         ]
-        self.journal.upsert_versions(self.hostname, loaded)
+        self.dispatcher.send(self.journal.upsert_versions(self.hostname, served))
+
+    def start_heartbeat(self) -> None:
+        """Refresh this worker's served versions every ``version_heartbeat`` seconds (a daemon thread)."""
+        if self._heartbeat is None:
+            self._heartbeat = VersionHeartbeat(self.record_versions, self.settings.version_heartbeat)
+            self._heartbeat.start()
+
+    def stop_heartbeat(self, retract: bool = False) -> None:
+        """Stop the heartbeat; with ``retract``, also forget this worker's versions (a clean shutdown)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if retract:
+            try:
+                self.journal.retract_versions(self.hostname)
+            except Exception:  # the rows then expire after version_ttl
+                log.warning("continuum: could not retract this worker's versions", exc_info=True)
 
     def start_pump(self) -> None:
         """Start the wake-up pump thread of this process (timers and retries on time)."""
@@ -239,6 +269,9 @@ class Continuum:
             if _app_of(sender) is not self.app:
                 return
             self.load_workflow_modules()
+            if self.settings.version_routing:
+                base = base_queue(self.app, self.settings.queue)
+                add_version_queues(self.app, base, {h for _, h in workflow_registry.served()})
             try:
                 self.journal  # noqa: B018 - opening the journal checks its schema
             except ConfigurationError as exc:
@@ -256,11 +289,14 @@ class Continuum:
                 log.error("continuum: the journal is not usable; run `continuum migrate`", exc_info=True)
                 raise
             self.start_pump()
+            self.start_heartbeat()
             if not _forks_children(getattr(sender, "pool", None)):
                 self.start_metrics()  # thread or green pools run tasks in this process
 
         def on_shutdown(sender: Any = None, **_: Any) -> None:
             self.stop_pump()
+            if _app_of(sender) is self.app:
+                self.stop_heartbeat(retract=True)
 
         signals.worker_process_init.connect(after_fork, weak=False)
         signals.worker_init.connect(on_init, weak=False)

@@ -136,6 +136,7 @@ class Execution:
         self.last_seq = 0
         self.now: datetime | None = None
         self.replaying = True
+        self.history_ended = False
         self._fn = fn
         self._input = input
         self._saga = saga
@@ -170,6 +171,8 @@ class Execution:
                 self._commands.append(event)
             elif event.is_outcome or event.kind in TERMINAL_EVENTS:
                 self._outcomes.append(event)
+                # A finished run's history (replay checks): code past its last command ran before.
+                self.history_ended = self.history_ended or event.kind in TERMINAL_EVENTS
         self._new = []
         self._handoff.resume()
         if self._error is not None:

@@ -64,7 +64,8 @@ class Stepper:
                 state, again = self._advance(start, execution)
             if not again:
                 return state
-        self.dispatcher.replay(run_id)
+        assert start is not None  # the loop ran and every pass claimed the run
+        self.dispatcher.replay(run_id, start.run.workflow, start.run.version_hash)
         return state
 
     def _advance(self, start: StepStart, execution: Execution | None) -> tuple[str, bool]:
@@ -162,7 +163,7 @@ class Stepper:
             return result.finished_state, False
         self.cache.put(run.id, execution)
         if result.next_wakeup_at is not None and not result.runnable_again:
-            self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at)
+            self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at, run.version_hash)
         return "suspended", result.runnable_again
 
     @staticmethod

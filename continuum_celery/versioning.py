@@ -14,6 +14,12 @@ The :class:`Registry` maps ``(workflow name, version_hash)`` to a loaded
 definition. Several versions of one workflow are loaded side by side: new runs
 use :meth:`Registry.current`, resumed runs look up the exact hash they started
 on with :meth:`Registry.get`.
+
+A body edited in place behind ``ctx.patched()`` gets a new hash, yet can still
+serve runs pinned to the old one: it declares them with
+``@workflow(..., compatible_with=("<old hash>", ...))``, and the registry falls
+back to it for those hashes (an exact match always wins). ``continuum
+replay-check`` verifies the claim against stored histories.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import re
 import threading
 import types
 from collections.abc import Callable
@@ -30,6 +37,8 @@ from continuum_celery.errors import DefinitionError, UnknownVersion, UnknownWork
 
 HASH_LENGTH = 16
 """Hex characters kept from the sha256 digest (64 bits)."""
+
+_HASH_PATTERN = re.compile(rf"^[0-9a-f]{{{HASH_LENGTH}}}$")
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
 _DOCSTRING_OWNERS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -213,6 +222,7 @@ class Registry:
         self._by_key: dict[tuple[str, str], VersionedDefinition] = {}
         self._by_name: dict[str, tuple[VersionedDefinition, ...]] = {}
         self._current: dict[str, VersionedDefinition] = {}
+        self._compatible: dict[tuple[str, str], VersionedDefinition] = {}
 
     def register(self, definition: VersionedDefinition) -> None:
         """Load a workflow version.
@@ -222,7 +232,8 @@ class Registry:
 
         Raises:
             DefinitionError: another body is loaded under the same name and
-                the same version number.
+                the same version number, or two loaded bodies declare the
+                same old hash in ``compatible_with``.
         """
         name, key = definition.name, (definition.name, definition.version_hash)
         with self._lock:
@@ -232,18 +243,26 @@ class Registry:
                     raise _duplicate_version(other, definition)
             kept = tuple(d for d in siblings if d.version_hash != key[1])
             versions = tuple(sorted((*kept, definition), key=lambda d: d.version))
+            compatible = {k: d for k, d in self._compatible.items() if k[0] != name}
+            for d in versions:
+                for old_hash in compatible_hashes(d):
+                    claimed = compatible.get((name, old_hash))
+                    if claimed is not None:
+                        raise _double_claim(name, old_hash, claimed, d)
+                    compatible[(name, old_hash)] = d
             self._by_key = {**self._by_key, key: definition}
             self._by_name = {**self._by_name, name: versions}
             self._current = {**self._current, name: versions[-1]}
+            self._compatible = compatible
 
     def get(self, name: str, version_hash: str) -> VersionedDefinition:
-        """Return the exact version a run is pinned to.
+        """Return the version a run is pinned to (see :meth:`find`).
 
         Raises:
             UnknownWorkflow: no version of ``name`` is loaded.
             UnknownVersion: ``name`` is loaded, but not with this hash.
         """
-        definition = self._by_key.get((name, version_hash))
+        definition = self.find(name, version_hash)
         if definition is not None:
             return definition
         loaded = self._by_name.get(name)
@@ -271,12 +290,34 @@ class Registry:
         return definition
 
     def find(self, name: str, version_hash: str) -> VersionedDefinition | None:
-        """Return the loaded version, or None when it is not loaded."""
-        return self._by_key.get((name, version_hash))
+        """Return the definition that serves runs pinned to ``version_hash``, or None.
+
+        The exact version when it is loaded; otherwise a loaded version that
+        declares ``version_hash`` in its ``compatible_with``.
+        """
+        key = (name, version_hash)
+        return self._by_key.get(key) or self._compatible.get(key)
 
     def has(self, name: str, version_hash: str) -> bool:
-        """Tell whether ``(name, version_hash)`` is loaded."""
-        return (name, version_hash) in self._by_key
+        """Tell whether runs pinned to ``(name, version_hash)`` can be served here."""
+        return self.find(name, version_hash) is not None
+
+    def served(self) -> list[tuple[VersionedDefinition, str]]:
+        """Every (definition, hash) this process can serve: own hashes, then declared compatible ones.
+
+        Sorted by workflow name, then version number; this is what a worker
+        advertises and which version queues it consumes.
+        """
+        compatible = self._compatible
+        out: list[tuple[VersionedDefinition, str]] = []
+        for d in self.definitions():
+            out.append((d, d.version_hash))
+            out += [
+                (d, h)
+                for h in compatible_hashes(d)
+                if compatible.get((d.name, h)) is d and (d.name, h) not in self._by_key
+            ]
+        return out
 
     def names(self) -> list[str]:
         """Return the loaded workflow names, sorted."""
@@ -296,6 +337,35 @@ class Registry:
             workflow=name,
             known=self.names(),
         )
+
+
+def compatible_hashes(definition: object) -> tuple[str, ...]:
+    """The old hashes ``definition`` declares it can serve (``compatible_with``), minus its own."""
+    declared: tuple[str, ...] = tuple(getattr(definition, "compatible_with", ()) or ())
+    own = getattr(definition, "version_hash", None)
+    return tuple(h for h in declared if h != own)
+
+
+def check_compatible_with(hashes: object, target: str) -> tuple[str, ...]:
+    """Validate a ``compatible_with=`` declaration and return it as a tuple.
+
+    Raises:
+        DefinitionError: not a list or tuple of version hashes (16 lowercase hex characters).
+    """
+    if isinstance(hashes, str) or not isinstance(hashes, (list, tuple, frozenset, set)):
+        raise DefinitionError(
+            f"{target}: compatible_with={hashes!r} must be a tuple of version hashes, "
+            'e.g. compatible_with=("3f2a9c0d1e4b5a67",).',
+            target=target,
+        )
+    bad = [h for h in hashes if not isinstance(h, str) or not _HASH_PATTERN.match(h)]
+    if bad:
+        raise DefinitionError(
+            f"{target}: compatible_with holds {bad!r}, which are not version hashes: use the "
+            f"{HASH_LENGTH} lowercase hex characters shown by `continuum versions` (or a run's version_hash).",
+            target=target,
+        )
+    return tuple(sorted(set(hashes)))
 
 
 def _place(fn: Callable[..., Any]) -> str:
@@ -322,7 +392,26 @@ def _duplicate_version(old: VersionedDefinition, new: VersionedDefinition) -> De
     )
 
 
+def _double_claim(name: str, old_hash: str, first: VersionedDefinition, second: VersionedDefinition) -> DefinitionError:
+    return DefinitionError(
+        f"workflow {name!r}: both version {first.version} ({_place(first.fn)}) and version {second.version} "
+        f"({_place(second.fn)}) declare compatible_with={old_hash!r}; runs pinned to it must have one body. "
+        "Keep the declaration on one of them.",
+        workflow=name,
+        version_hash=old_hash,
+        places=[_place(first.fn), _place(second.fn)],
+    )
+
+
 registry = Registry()
 """The process-wide registry that ``@workflow`` registers into."""
 
-__all__ = ["HASH_LENGTH", "Registry", "VersionedDefinition", "registry", "version_hash"]
+__all__ = [
+    "HASH_LENGTH",
+    "Registry",
+    "VersionedDefinition",
+    "check_compatible_with",
+    "compatible_hashes",
+    "registry",
+    "version_hash",
+]

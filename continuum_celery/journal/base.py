@@ -15,7 +15,7 @@ Invariants every implementation keeps (each has a test in tests/journal):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -86,6 +86,7 @@ class Dispatch:
     """A Celery message to send once the transaction that decided it has committed.
 
     ``kind`` is ``replay`` (``id`` = run id) or ``activity`` (``id`` = task id, with ``attempt``).
+    A replay carries the run's ``version_hash`` so it is routed to that version's queue.
     """
 
     kind: str
@@ -94,6 +95,7 @@ class Dispatch:
     attempt: int = 0
     label: str = ""
     due: datetime | None = None
+    version_hash: str | None = None
 
 
 @dataclass
@@ -264,8 +266,32 @@ class Journal(ABC):
 
     # ---- versions ----------------------------------------------------------------------
     @abstractmethod
-    def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> None:
-        """Record (workflow, version_hash, version, module) loaded by ``hostname``."""
+    def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> list[Dispatch]:
+        """Record (workflow, version_hash, version, module) served by ``hostname`` now.
+
+        Runs parked as ``unknown_version`` on one of these versions become runnable;
+        returns their replay dispatches.
+        """
+
+    @abstractmethod
+    def park_unknown_versions(
+        self, *, live_within: float, batch: int, also_live: Collection[tuple[str, str]] = ()
+    ) -> list[tuple[str, str, int]]:
+        """Park due runs pinned to a version that no live worker serves.
+
+        A version is live when some worker upserted it within ``live_within``
+        seconds, or when it is in ``also_live`` (what the sweeping process serves
+        itself). When no worker at all is live nothing is parked (nothing can be
+        concluded). Parked runs stay ``suspended`` with ``stuck_reason =
+        'unknown_version'`` until :meth:`upsert_versions` registers their version.
+
+        Returns:
+            (workflow, version_hash, parked runs) for each version with parked runs.
+        """
+
+    @abstractmethod
+    def retract_versions(self, hostname: str) -> None:
+        """Forget the versions ``hostname`` served (a clean worker shutdown)."""
 
     @abstractmethod
     def list_versions(self) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ a lease; SQLite, a single-machine default, uses the local clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,20 +22,23 @@ from ..errors import (
 from ..events import Event
 from ..serialization import dumps
 from .base import (
+    Dispatch,
     Journal,
     NewRun,
     RunRecord,
 )
+from .rules import summarise_versions
 from .schema import (
     TERMINAL_STATES,
     runs,
     workflow_versions,
 )
 from .sql_base import (
+    _RUNNABLE,
     run_record,
 )
 from .sql_steps import StepsMixin
-from .sql_sweep import SweepMixin
+from .sql_sweep import SweepMixin, _state_is, due_runs_where, expired_runs_where
 from .sql_tasks import TasksMixin
 
 
@@ -109,9 +112,10 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
         with self.engine.connect() as conn:
             return conn.execute(sa.select(runs.c.id).where(runs.c.continued_from_run_id == run_id)).scalar()
 
-    def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> None:
+    def upsert_versions(self, hostname: str, versions: Sequence[tuple[str, str, int, str]]) -> list[Dispatch]:
+        dispatches: list[Dispatch] = []
         if not versions:
-            return
+            return dispatches
         with self._tx() as conn:
             now = self._now()
             for workflow, version_hash, version, module in versions:
@@ -130,15 +134,75 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
                         set_={"last_seen_at": now, "version": version, "module": module},
                     )
                 )
-                conn.execute(
+                unparked = conn.execute(
                     runs.update()
                     .where(
                         runs.c.workflow == workflow,
                         runs.c.version_hash == version_hash,
                         runs.c.stuck_reason == "unknown_version",
+                        runs.c.state.not_in(TERMINAL_STATES),
                     )
-                    .values(stuck_reason=None, next_wakeup_at=now, dispatched_at=None)
+                    .values(stuck_reason=None, next_wakeup_at=now, dispatched_at=now)
+                    .returning(runs.c.id)
+                ).scalars()
+                dispatches += [Dispatch("replay", i, label=workflow, version_hash=version_hash) for i in unparked]
+        return dispatches
+
+    def park_unknown_versions(
+        self, *, live_within: float, batch: int, also_live: Collection[tuple[str, str]] = ()
+    ) -> list[tuple[str, str, int]]:
+        with self._tx() as conn:
+            now = self._now()
+            live = workflow_versions.c.last_seen_at >= self._after(-live_within)
+            if conn.execute(sa.select(workflow_versions.c.hostname).where(live).limit(1)).first() is None:
+                return []
+            served = (
+                sa.exists()
+                .where(
+                    workflow_versions.c.workflow == runs.c.workflow,
+                    workflow_versions.c.version_hash == runs.c.version_hash,
+                    live,
                 )
+                .correlate(runs)
+            )
+            due = sa.or_(sa.and_(*due_runs_where(now)), sa.and_(*expired_runs_where(now)))
+            candidates = conn.execute(
+                sa.select(runs.c.id, runs.c.workflow, runs.c.version_hash)
+                .where(due, ~served)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            ids = [r.id for r in candidates if (r.workflow, r.version_hash) not in also_live]
+            if ids:
+                # An expired lease on a version nobody serves is taken back too: its holder is gone.
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_(ids))
+                    .values(
+                        state=sa.case((runs.c.state == "running", "suspended"), else_=runs.c.state),
+                        stuck_reason="unknown_version",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        next_wakeup_at=now,
+                        dispatched_at=None,
+                    )
+                )
+            # Parked runs keep a past next_wakeup_at, so the count reads the due-runs index range only.
+            parked = conn.execute(
+                sa.select(runs.c.workflow, runs.c.version_hash, sa.func.count())
+                .where(
+                    _state_is(runs.c.state, *_RUNNABLE),
+                    runs.c.next_wakeup_at <= now,
+                    runs.c.stuck_reason == "unknown_version",
+                )
+                .group_by(runs.c.workflow, runs.c.version_hash)
+                .order_by(runs.c.workflow, runs.c.version_hash)
+            ).all()
+        return [(r[0], r[1], int(r[2])) for r in parked]
+
+    def retract_versions(self, hostname: str) -> None:
+        with self._tx() as conn:
+            conn.execute(workflow_versions.delete().where(workflow_versions.c.hostname == hostname))
 
     def list_versions(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -153,36 +217,4 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
                     .group_by(runs.c.workflow, runs.c.version_hash)
                 )
             )
-        out: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in rows:
-            entry = out.setdefault(
-                (r.workflow, r.version_hash),
-                {
-                    "workflow": r.workflow,
-                    "version_hash": r.version_hash,
-                    "version": r.version,
-                    "module": r.module,
-                    "hostnames": [],
-                    "first_seen_at": r.first_seen_at,
-                    "last_seen_at": r.last_seen_at,
-                    "pinned_runs": pinned.get((r.workflow, r.version_hash), 0),
-                },
-            )
-            entry["hostnames"].append(r.hostname)
-            entry["first_seen_at"] = min(entry["first_seen_at"], r.first_seen_at)
-            entry["last_seen_at"] = max(entry["last_seen_at"], r.last_seen_at)
-        for (workflow, version_hash), n in pinned.items():
-            out.setdefault(
-                (workflow, version_hash),
-                {
-                    "workflow": workflow,
-                    "version_hash": version_hash,
-                    "version": None,
-                    "module": None,
-                    "hostnames": [],
-                    "first_seen_at": None,
-                    "last_seen_at": None,
-                    "pinned_runs": n,
-                },
-            )
-        return list(out.values())
+        return summarise_versions([r._mapping for r in rows], pinned)

@@ -211,6 +211,7 @@ class SQLBase:
                 runs.c.dispatched_at,
                 runs.c.stuck_reason,
                 runs.c.workflow,
+                runs.c.version_hash,
                 (runs.c.next_wakeup_at <= self._now()).label("due"),
             )
             .where(runs.c.id == run_id)
@@ -227,7 +228,7 @@ class SQLBase:
         if send:
             values["dispatched_at"] = self._now()
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
-        return Dispatch("replay", run_id, label=row.workflow) if send else None
+        return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash) if send else None
 
     def _locked_run(self, conn: sa.Connection, lease: Lease) -> Any:
         row = conn.execute(sa.select(runs).where(runs.c.id == lease.run_id).with_for_update()).first()

@@ -270,7 +270,9 @@ class StepsMixin(SQLBase):
                         parent_command_id=cmd.command_id,
                     )
                     self._start_child(conn, child)
-                    dispatches.append(Dispatch("replay", child.id, label=child.workflow))
+                    dispatches.append(
+                        Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash)
+                    )
                 del seq
             result = StepResult(last_seq=out.seq)
             if outcome is None:
@@ -414,7 +416,7 @@ class StepsMixin(SQLBase):
                     trace_context=loads(row.trace_context) or {},
                 ),
             )
-            dispatches.append(Dispatch("replay", next_id, label=row.workflow))
+            dispatches.append(Dispatch("replay", next_id, label=row.workflow, version_hash=continue_version[0]))
         dispatches += self._cancel_pending(conn, row.id, None)
         if row.parent_run_id and values["state"] != "continued":
             parent = self._poke(conn, row.parent_run_id)

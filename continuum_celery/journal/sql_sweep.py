@@ -83,7 +83,7 @@ class SweepMixin(TasksMixin):
     def sweep_queries(self, batch: int, redispatch_after: float) -> dict[str, sa.Select[Any]]:
         """The sweep's claiming queries, by name (also what the EXPLAIN tests plan)."""
         now = self._now()
-        run = sa.select(runs.c.id, runs.c.workflow)
+        run = sa.select(runs.c.id, runs.c.workflow, runs.c.version_hash)
         task = sa.select(activity_tasks.c.id, activity_tasks.c.attempt, activity_tasks.c.queue, activity_tasks.c.name)
         task_due = sa.func.coalesce(activity_tasks.c.retry_at, activity_tasks.c.created_at)
         return {
@@ -134,7 +134,7 @@ class SweepMixin(TasksMixin):
                     conn.execute(
                         runs.update().where(runs.c.id.in_([r.id for r in rows])).values(dispatched_at=self._now())
                     )
-                dispatches += [Dispatch("replay", r.id, label=r.workflow) for r in rows]
+                dispatches += [Dispatch("replay", r.id, label=r.workflow, version_hash=r.version_hash) for r in rows]
             tasks = [*conn.execute(queries["new_tasks"]), *conn.execute(queries["retry_tasks"])]
             if tasks:
                 conn.execute(

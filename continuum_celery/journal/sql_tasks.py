@@ -238,6 +238,6 @@ class TasksMixin(SQLBase):
                     dispatched_at=self._now(),
                 )
             )
-            return [Dispatch("replay", run_id, label=row.workflow)] + [
+            return [Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash)] + [
                 Dispatch("activity", t.id, queue=t.queue, attempt=t.attempt, label=t.name) for t in hurried
             ]
