@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,6 +39,16 @@ def _retryable(exc: BaseException, policy: dict[str, Any]) -> bool:
     return not names.intersection(policy.get("non_retryable", []))
 
 
+@dataclass(frozen=True)
+class AttemptResult:
+    """What running an attempt's function produced (nothing is recorded yet)."""
+
+    result: Any
+    error: dict[str, Any] | None
+    retryable: bool
+    duration: float
+
+
 def run_attempt(
     journal: Journal,
     dispatcher: Dispatcher,
@@ -51,7 +62,19 @@ def run_attempt(
     claim = journal.claim_activity(task_id, attempt, owner)
     if claim is None:
         return "dropped"
-    with tracing.span(
+    with activity_span(claim):
+        attempt_result = execute(claim, owner, celery_tasks, max_payload_bytes)
+        outcome = journal.finish_activity(
+            claim, result=attempt_result.result, error=attempt_result.error, retryable=attempt_result.retryable
+        )
+        report(claim, outcome.status, attempt_result, outcome.dispatches[0].due if outcome.dispatches else None)
+    dispatcher.send(outcome.dispatches)
+    return outcome.status
+
+
+def activity_span(claim: ActivityClaim) -> Any:
+    """The tracing span of one attempt, joined to the run's trace."""
+    return tracing.span(
         "continuum.activity",
         trace_context=claim.trace_context,
         attributes={
@@ -60,26 +83,20 @@ def run_attempt(
             "continuum.activity": claim.name,
             "continuum.attempt": claim.attempt,
         },
-    ):
-        return _attempt(journal, dispatcher, claim, owner, celery_tasks, max_payload_bytes)
+    )
 
 
-def _attempt(
-    journal: Journal,
-    dispatcher: Dispatcher,
-    claim: ActivityClaim,
-    owner: str,
-    celery_tasks: Any,
-    max_payload_bytes: int,
-) -> str:
-    workflow = claim.workflow or None
-    fields: dict[str, Any] = {"activity": claim.name, "attempt": claim.attempt}
-    telemetry.emit("activity_started", run_id=claim.run_id, workflow=workflow, **fields)
+def execute(claim: ActivityClaim, owner: str, celery_tasks: Any, max_payload_bytes: int) -> AttemptResult:
+    """Run the attempt's function; exceptions become an encoded error (never raised)."""
+    telemetry.emit(
+        "activity_started",
+        run_id=claim.run_id,
+        workflow=claim.workflow or None,
+        activity=claim.name,
+        attempt=claim.attempt,
+    )
     fn = _resolve(claim, celery_tasks)
     began = time.perf_counter()
-    result: Any = None
-    error: dict[str, Any] | None = None
-    retryable = True
     if fn is None:
         error = {
             "type": "ActivityNotRegistered",
@@ -87,37 +104,38 @@ def _attempt(
             "message": f"{claim.kind} {claim.name!r} is not loaded in worker {owner}; "
             "import its module in the worker (Celery `imports` or Continuum(workflow_modules=...)).",
         }
-    else:
-        args = ([claim.compensated_result] if claim.kind == "compensation" else []) + list(claim.args)
-        try:
-            value = fn(*args, **claim.kwargs)
-            result = loads(check_json(value, f"result of activity {claim.name}", max_payload_bytes))
-        except Exception as exc:
-            error = encode_error(exc)
-            retryable = _retryable(exc, claim.retry_policy)
-    duration = time.perf_counter() - began
-    outcome = journal.finish_activity(claim, result=result, error=error, retryable=retryable)
-    if outcome.status == "retry":
-        due = outcome.dispatches[0].due if outcome.dispatches else None
-        retry_in = (due - datetime.now(timezone.utc)).total_seconds() if due is not None else None
+        return AttemptResult(None, error, True, time.perf_counter() - began)
+    args = ([claim.compensated_result] if claim.kind == "compensation" else []) + list(claim.args)
+    try:
+        value = fn(*args, **claim.kwargs)
+        result = loads(check_json(value, f"result of activity {claim.name}", max_payload_bytes))
+    except Exception as exc:
+        return AttemptResult(None, encode_error(exc), _retryable(exc, claim.retry_policy), time.perf_counter() - began)
+    return AttemptResult(result, None, True, time.perf_counter() - began)
+
+
+def report(claim: ActivityClaim, status: str, attempt: AttemptResult, retry_due: datetime | None) -> None:
+    """Telemetry and logs for a recorded attempt (``status`` as the journal recorded it)."""
+    workflow = claim.workflow or None
+    fields: dict[str, Any] = {"activity": claim.name, "attempt": claim.attempt}
+    if status == "retry":
+        retry_in = (retry_due - datetime.now(timezone.utc)).total_seconds() if retry_due is not None else None
         telemetry.emit("activity_retried", run_id=claim.run_id, workflow=workflow, retry_in=retry_in, **fields)
-    elif outcome.status in ("completed", "failed"):
-        error_field = {"error": error} if error is not None else {}
+    elif status in ("completed", "failed"):
+        error_field = {"error": attempt.error} if attempt.error is not None else {}
         telemetry.emit(
-            f"activity_{outcome.status}",
+            f"activity_{status}",
             run_id=claim.run_id,
             workflow=workflow,
-            duration=duration,
+            duration=attempt.duration,
             **error_field,
             **fields,
         )
-    if error is not None:
+    if attempt.error is not None:
         telemetry.run_logger(__name__, claim.run_id, workflow).warning(
             "activity %s attempt %d of %d failed: %s",
             claim.name,
             claim.attempt,
             claim.max_attempts,
-            error["message"],
+            attempt.error["message"],
         )
-    dispatcher.send(outcome.dispatches)
-    return outcome.status
