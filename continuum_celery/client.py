@@ -122,6 +122,10 @@ class RunHandle:
     def cancel(self) -> None:
         """Ask the run (and its children) to stop at the next step. Twice is harmless.
 
+        Pending timers and signal waits are dropped, activities not yet started never start,
+        running ones are not retried; the body sees ``RunCancelled`` at its next wait. A run
+        that continued as new is cancelled in its successor.
+
         Raises:
             RunFinished: the run already completed or failed.
         """

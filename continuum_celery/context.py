@@ -169,7 +169,8 @@ class WorkflowContext:
         }
         cid, _ = self._execution.command(Kind.ACTIVITY_SCHEDULED, name, payload)
         if defn is not None and defn.compensation is not None:
-            self._compensable[cid] = (name, payload)
+            undo_retry = defn.compensation_retry.to_json() if defn.compensation_retry else payload["retry"]
+            self._compensable[cid] = (name, {**payload, "retry": undo_retry})
         return ActivityFuture(self, cid, f"activity {name}")
 
     def run(self, act: Any, *args: Any, **options: Any) -> Any:
@@ -251,7 +252,11 @@ class WorkflowContext:
         return _Future(self, cid, f"signal {name!r}").result()
 
     def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, run_id: str | None = None) -> ChildHandle:
-        """Start a child run; its end reaches this run as an outcome. Returns its handle."""
+        """Start a child run; its end reaches this run as an outcome. Returns its handle.
+
+        The child carries this run's correlation id; a child still running when this run
+        ends (or is cancelled) is cancelled.
+        """
         if not isinstance(wf, WorkflowDefinition):
             raise InvalidArgument(f"ctx.start_child needs a @workflow, got {wf!r}.")
         check_json(input, f"input of child workflow {wf.name}", self._max_payload)
@@ -330,8 +335,19 @@ class WorkflowContext:
     def compensate(self) -> list[dict[str, Any]]:
         """Run the compensations of completed activities, newest completion first, each once.
 
+        Activities with a compensation that are still in flight are waited for first, so
+        an effect that lands late is undone too. Each compensation is a durable task with
+        its own retry policy; one that fails on its last attempt is recorded and the next
+        one still runs.
+
         Returns one record per compensation: ``{"activity", "command_id", "ok", "error"}``.
         """
+        in_flight = [cid for cid in self._compensable if self._execution.resolved(cid) is None]
+        if in_flight:
+            self._execution.wait(
+                lambda: all(self._execution.resolved(cid) is not None for cid in in_flight),
+                f"{len(in_flight)} activities to finish before compensating",
+            )
         outcomes: list[dict[str, Any]] = []
         for cid, name, result in reversed(self._completed):
             if cid in self._compensated or cid not in self._compensable:
@@ -359,6 +375,7 @@ class WorkflowContext:
                     "command_id": cid,
                     "ok": ok,
                     "error": None if ok else event.payload.get("error"),
+                    "attempts": event.payload.get("attempts"),
                 }
             )
         return outcomes

@@ -88,6 +88,7 @@ class ActivityDefinition(Generic[P, R]):
         self.queue = queue
         self.timeout = timeout
         self.compensation: Callable[..., Any] | None = None
+        self.compensation_retry: RetryPolicy | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
@@ -95,12 +96,30 @@ class ActivityDefinition(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
-    def compensate(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Register the saga undo of this activity; it gets ``(result, *args, **kwargs)``."""
-        if self.compensation is not None:
-            raise DefinitionError(f"activity {self.name!r} already has a compensation.")
-        self.compensation = fn
-        return fn
+    def compensate(
+        self, fn: Callable[..., Any] | None = None, /, *, retry: RetryPolicy | None = None
+    ) -> Any:
+        """Register the saga undo of this activity; it gets ``(result, *args, **kwargs)``.
+
+        Works bare (``@charge.compensate``) or with options
+        (``@charge.compensate(retry=RetryPolicy(max_attempts=10))``); the retry policy
+        defaults to the activity's own.
+
+        Raises:
+            DefinitionError: the activity already has a compensation, or ``fn`` is not callable.
+        """
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            if not callable(f) or inspect.iscoroutinefunction(f):
+                raise DefinitionError(f"{self.name}.compensate needs a plain (non-async) function, got {f!r}.")
+            if self.compensation is not None:
+                raise DefinitionError(f"activity {self.name!r} already has a compensation.")
+            self.compensation = f
+            self.compensation_retry = retry
+            return f
+
+        return register(fn) if fn is not None else register
+
 
     def __repr__(self) -> str:
         return f"<activity {self.name}>"

@@ -117,6 +117,7 @@ class Continuum:
                         self.settings.database_url,
                         activity_timeout=self.settings.activity_timeout,
                         queue=self.settings.queue,
+                        snapshot_every=self.settings.snapshot_every,
                     )
         return self._journal
 

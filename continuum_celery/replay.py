@@ -304,6 +304,8 @@ class Execution:
     def _finish_failed(self, exc: BaseException, outcome: type[Fail] | type[Cancelled]) -> None:
         error = encode_error(exc)
         if self._saga:
+            # Compensating is the cleanup: a cancel arriving meanwhile must not cut it short.
+            self._cancel_seen = True
             error["compensations"] = self.context.compensate()
         self._outcome = outcome(error)
 

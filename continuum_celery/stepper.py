@@ -88,6 +88,7 @@ class Stepper:
             if execution is not None:
                 execution.close()
             return "suspended", False
+        cache_hit = execution is not None
         if execution is None:
             info = RunInfo(run.id, run.workflow, run.version_hash, run.parent_run_id, run.correlation_id)
             execution = Execution(
@@ -99,7 +100,9 @@ class Stepper:
             )
         with self.renewer.hold(start.lease):
             try:
+                advance_began = time.perf_counter()
                 decision = execution.advance(start.events, start.now)
+                advance_duration = time.perf_counter() - advance_began
             except NondeterminismError as exc:
                 telemetry.emit(
                     "nondeterminism",
@@ -139,6 +142,10 @@ class Stepper:
             workflow=run.workflow,
             duration=time.perf_counter() - began,
             events=len(start.events) + len(decision.commands),
+            advance=advance_duration,
+            loaded=len(start.events),
+            snapshot_seq=start.snapshot_seq,
+            cache_hit=cache_hit,
         )
         self._emit_commands(run.id, run.workflow, decision.commands)
         self.dispatcher.send(result.dispatches)

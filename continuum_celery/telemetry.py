@@ -34,7 +34,9 @@ Events and their conventional fields (beyond ``run_id`` and ``workflow``):
 ``lease_lost``              ``token``: the stale fencing token the writer held
 ``unknown_version``         ``version_hash`` that this worker has not loaded
 ``nondeterminism``          ``seq``: the history sequence number that did not match
-``replay_step``             ``duration`` (seconds), ``events``: history length replayed
+``replay_step``             ``duration`` (seconds), ``events``: history length replayed,
+                            ``advance`` (seconds in the replay engine alone), ``loaded``
+                            (events read for the step), ``snapshot_seq``, ``cache_hit``
 ``sweep``                   ``duration`` (seconds), ``due_backlog``, ``dispatched``
 ==========================  ==========================================================
 

@@ -100,7 +100,12 @@ class Dispatch:
 
 @dataclass
 class StepStart:
-    """A claimed run, its new outcomes resolved, and the events after the caller's position."""
+    """A claimed run, its new outcomes resolved, and the events after the caller's position.
+
+    With ``after_seq=0`` an adapter may start ``events`` with a snapshot: the run's
+    compacted replay log up to ``snapshot_seq`` (see :mod:`continuum_celery.snapshots`),
+    followed by the stored events after it. ``snapshot_seq`` is 0 when none was used.
+    """
 
     lease: Lease
     run: RunRecord
@@ -108,6 +113,7 @@ class StepStart:
     now: datetime
     wake_seq: int
     dispatches: list[Dispatch] = field(default_factory=list)
+    snapshot_seq: int = 0
 
 
 @dataclass
@@ -193,6 +199,9 @@ class Journal(ABC):
     def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
         """Claim a runnable run, append the outcomes now available, return events after ``after_seq``.
 
+        With ``after_seq=0`` (a fresh execution) the events may begin with the run's latest
+        snapshot (``StepStart.snapshot_seq``) instead of the full history.
+
         Returns None when the run is not claimable (held, finished, stuck, or not yet due).
         """
 
@@ -208,6 +217,9 @@ class Journal(ABC):
         continue_version: tuple[str, int] | None = None,
     ) -> StepResult:
         """Append the decision's commands, create their rows, then suspend or finish the run.
+
+        When ``last_seq`` crosses a multiple of the adapter's ``snapshot_every``, the run's
+        snapshot is refreshed in the same write; a finished run's snapshots are dropped.
 
         Raises:
             LeaseLost: the lease moved on; nothing was written.
@@ -244,7 +256,11 @@ class Journal(ABC):
 
     @abstractmethod
     def request_cancel(self, run_id: str) -> list[Dispatch]:
-        """Ask the run to stop. Raises RunNotFound / RunFinished; twice is harmless."""
+        """Ask the run and its live descendants to stop, in one write; a continued run's successor is the target.
+
+        Until the run's next step journals ``cancel_requested``, none of their activities may be
+        claimed. Raises RunNotFound / RunFinished; twice is harmless.
+        """
 
     @abstractmethod
     def request_retry(self, run_id: str, who: str) -> list[Dispatch]:

@@ -50,6 +50,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
         activity_timeout: default start-to-close seconds of an activity attempt.
         check: refuse to start on a database that is not migrated.
         queue: default queue for dispatches that name none.
+        snapshot_every: events between two snapshots of a run's replay log.
     """
 
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:

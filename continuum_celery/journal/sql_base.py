@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..config import DEFAULT_SNAPSHOT_EVERY
 from ..errors import (
     JournalError,
     LeaseLost,
@@ -137,8 +138,10 @@ class SQLBase:
         activity_timeout: float = 300.0,
         check: bool = True,
         queue: str | None = None,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
         self.engine = make_engine(url)
+        self.snapshot_every = snapshot_every
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.activity_timeout = activity_timeout
         self.queue = queue
@@ -229,6 +232,32 @@ class SQLBase:
             values["dispatched_at"] = self._now()
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
         return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash) if send else None
+
+    def _cancel_descendants(self, conn: sa.Connection, run_id: str) -> list[Dispatch]:
+        """Ask every live descendant of ``run_id`` (children, their children...) to stop, and wake each.
+
+        Done in the transaction that cancels ``run_id``, so no activity of the tree can be
+        claimed after the cancel, even before each run's own step has seen it.
+        """
+        dispatches: list[Dispatch] = []
+        level = [run_id]
+        while level:
+            level = list(
+                conn.execute(
+                    sa.select(runs.c.id).where(runs.c.parent_run_id.in_(level), runs.c.state.not_in(TERMINAL_STATES))
+                )
+                .scalars()
+                .all()
+            )
+            if not level:
+                break
+            conn.execute(
+                runs.update()
+                .where(runs.c.id.in_(level), runs.c.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=self._now())
+            )
+            dispatches += [d for d in (self._poke(conn, child_id) for child_id in level) if d is not None]
+        return dispatches
 
     def _locked_run(self, conn: sa.Connection, lease: Lease) -> Any:
         row = conn.execute(sa.select(runs).where(runs.c.id == lease.run_id).with_for_update()).first()

@@ -13,9 +13,14 @@ from ..errors import (
     LeaseLost,
     RunConflict,
 )
-from ..events import Kind, NewEvent
+from ..events import Event, Kind, NewEvent
 from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
 from ..serialization import dumps, loads
+from ..snapshots import Snapshot
+from ..snapshots import decode as decode_snapshot
+from ..snapshots import due as snapshot_due
+from ..snapshots import encode as encode_snapshot
+from ..snapshots import extend as extend_snapshot
 from .base import (
     Dispatch,
     Lease,
@@ -24,11 +29,11 @@ from .base import (
     StepStart,
 )
 from .schema import (
-    TERMINAL_STATES,
     activity_results,
     activity_tasks,
     runs,
     signals,
+    snapshots,
     timers,
 )
 from .sql_base import (
@@ -74,16 +79,46 @@ class StepsMixin(SQLBase):
             appender = Appender(run_id, row.last_seq, row.db_now)
             dispatches = self._resolve(conn, row, appender)
             appender.flush(conn, self)
+            self._maybe_snapshot(conn, run_id, row.last_seq, appender.seq)
             lease = Lease(run_id=run_id, token=row.lease_token, owner=owner)
             record = run_record(row)
+            loaded, snapshot_seq = self._replay_log(conn, run_id, after_seq)
             return StepStart(
                 lease=lease,
                 run=record,
-                events=self._events_after(conn, run_id, after_seq),
+                events=loaded,
                 now=row.db_now,
                 wake_seq=row.wake_seq,
                 dispatches=dispatches,
+                snapshot_seq=snapshot_seq,
             )
+
+    def _replay_log(self, conn: sa.Connection, run_id: str, after_seq: int) -> tuple[list[Event], int]:
+        """Events after ``after_seq``; from scratch, the latest snapshot plus the events after it."""
+        if after_seq == 0:
+            snap = self._latest_snapshot(conn, run_id)
+            if snap is not None:
+                return [*snap.events, *self._events_after(conn, run_id, snap.upto)], snap.upto
+        return self._events_after(conn, run_id, after_seq), 0
+
+    def _latest_snapshot(self, conn: sa.Connection, run_id: str) -> Snapshot | None:
+        state = conn.execute(
+            sa.select(snapshots.c.state).where(snapshots.c.run_id == run_id).order_by(snapshots.c.seq.desc()).limit(1)
+        ).scalar()
+        return decode_snapshot(state)
+
+    def _maybe_snapshot(self, conn: sa.Connection, run_id: str, old_seq: int, new_seq: int) -> None:
+        """Refresh the run's snapshot when ``last_seq`` went past a multiple of ``snapshot_every``; keep only it."""
+        if not snapshot_due(old_seq, new_seq, self.snapshot_every):
+            return
+        previous = self._latest_snapshot(conn, run_id)
+        since = self._events_after(conn, run_id, previous.upto if previous is not None else 0)
+        snap = extend_snapshot(previous, since, new_seq)
+        conn.execute(snapshots.delete().where(snapshots.c.run_id == run_id))
+        conn.execute(
+            snapshots.insert().values(run_id=run_id, seq=snap.upto, state=encode_snapshot(snap), created_at=self._now())
+        )
+
 
     def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
         """Append every outcome that is now available to the claimed run."""
@@ -173,13 +208,23 @@ class StepsMixin(SQLBase):
         return dispatches
 
     def _cancel_pending(self, conn: sa.Connection, run_id: str, out: Appender | None) -> list[Dispatch]:
-        """Drop a run's pending timers and unstarted tasks; ask its live children to stop."""
+        """Drop a run's pending timers and unstarted tasks; ask its live children to stop.
+
+        With ``out`` (a cancel the body is about to see) compensations are spared, since a saga
+        runs them as its cleanup; without it (the run ended) every unstarted task goes. A task
+        running now may finish, but it is not attempted again (see ``TasksMixin._may_retry``).
+        """
+        kinds = ("activity",) if out is not None else ("activity", "compensation")
         conn.execute(
             timers.update().where(timers.c.run_id == run_id, timers.c.state == "pending").values(state="cancelled")
         )
         unstarted = conn.execute(
             activity_tasks.update()
-            .where(activity_tasks.c.run_id == run_id, activity_tasks.c.state == "scheduled")
+            .where(
+                activity_tasks.c.run_id == run_id,
+                activity_tasks.c.state == "scheduled",
+                activity_tasks.c.kind.in_(kinds),
+            )
             .values(state="cancelled", updated_at=self._now(), finished_at=self._now())
             .returning(
                 activity_tasks.c.id,
@@ -199,24 +244,7 @@ class StepsMixin(SQLBase):
                 }
                 seq = out.add(kind, task.command_id, task.name, {"error": error, "attempts": task.attempt - 1})
                 conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=seq))
-        dispatches = []
-        children = (
-            conn.execute(
-                sa.select(runs.c.id).where(runs.c.parent_run_id == run_id, runs.c.state.not_in(TERMINAL_STATES))
-            )
-            .scalars()
-            .all()
-        )
-        for child_id in children:
-            conn.execute(
-                runs.update()
-                .where(runs.c.id == child_id, runs.c.cancel_requested_at.is_(None))
-                .values(cancel_requested_at=self._now())
-            )
-            dispatch = self._poke(conn, child_id)
-            if dispatch:
-                dispatches.append(dispatch)
-        return dispatches
+        return self._cancel_descendants(conn, run_id)
 
     def commit_step(
         self,
@@ -229,6 +257,8 @@ class StepsMixin(SQLBase):
         continue_version: tuple[str, int] | None = None,
     ) -> StepResult:
         with self._tx() as conn:
+            if outcome is not None:
+                self._lock_parent_first(conn, lease.run_id)
             row = self._locked_run(conn, lease)
             now = self._now()
             out = Appender(lease.run_id, row.last_seq, None)
@@ -268,6 +298,7 @@ class StepsMixin(SQLBase):
                         input=cmd.payload.get("input"),
                         parent_run_id=lease.run_id,
                         parent_command_id=cmd.command_id,
+                        correlation_id=row.correlation_id,
                     )
                     self._start_child(conn, child)
                     dispatches.append(
@@ -286,6 +317,10 @@ class StepsMixin(SQLBase):
                 result.finished_state = values["state"]
                 result.continued_run_id = values.pop("_continued", None)
             out.flush(conn, self)
+            if outcome is None:
+                self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
+            else:
+                conn.execute(snapshots.delete().where(snapshots.c.run_id == lease.run_id))
             conn.execute(
                 runs.update()
                 .where(runs.c.id == lease.run_id)
@@ -417,12 +452,28 @@ class StepsMixin(SQLBase):
                 ),
             )
             dispatches.append(Dispatch("replay", next_id, label=row.workflow, version_hash=continue_version[0]))
+            if row.cancel_requested_at is not None:
+                # A cancel that reached this run after its body decided to continue stops the next run.
+                conn.execute(
+                    runs.update().where(runs.c.id == next_id).values(cancel_requested_at=row.cancel_requested_at)
+                )
         dispatches += self._cancel_pending(conn, row.id, None)
         if row.parent_run_id and values["state"] != "continued":
             parent = self._poke(conn, row.parent_run_id)
             if parent:
                 dispatches.append(parent)
         return values, dispatches
+
+    def _lock_parent_first(self, conn: sa.Connection, run_id: str) -> None:
+        """Lock a finishing run's parent before the run itself.
+
+        Writes that span a parent and its children (cancelling a tree, a parent resolving its
+        children) lock the parent first; a child that pokes its parent as it ends must take the
+        locks in that same order, or the two transactions can deadlock.
+        """
+        parent_id = conn.execute(sa.select(runs.c.parent_run_id).where(runs.c.id == run_id)).scalar()
+        if parent_id is not None:
+            conn.execute(sa.select(runs.c.id).where(runs.c.id == parent_id).with_for_update())
 
     def renew(self, lease: Lease, ttl: float) -> None:
         with self._tx() as conn:

@@ -17,6 +17,7 @@ from .base import (
     Dispatch,
 )
 from .schema import (
+    TERMINAL_STATES,
     activity_results,
     activity_tasks,
     events,
@@ -49,6 +50,16 @@ class TasksMixin(SQLBase):
                     activity_tasks.c.attempt == attempt,
                     activity_tasks.c.state == "scheduled",
                     sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
+                    # A cancel the run has not seen yet holds its activities back (compensations still run);
+                    # the run's next step then drops them.
+                    sa.or_(
+                        activity_tasks.c.kind != "activity",
+                        ~sa.exists().where(
+                            runs.c.id == activity_tasks.c.run_id,
+                            runs.c.cancel_requested_at.is_not(None),
+                            runs.c.cancel_journaled.is_(False),
+                        ),
+                    ),
                 )
                 .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
                 .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
@@ -128,7 +139,7 @@ class TasksMixin(SQLBase):
 
     def _fail_attempt(self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool) -> ActivityOutcome:
         policy = loads(row.retry_policy)
-        if retryable and row.attempt < row.max_attempts:
+        if retryable and row.attempt < row.max_attempts and self._may_retry(conn, row):
             delay = min(
                 float(policy.get("initial_interval", 1.0)) * float(policy.get("backoff", 2.0)) ** (row.attempt - 1),
                 float(policy.get("max_interval", 60.0)),
@@ -174,6 +185,38 @@ class TasksMixin(SQLBase):
         poke = self._poke(conn, row.run_id)
         return ActivityOutcome("failed", [poke] if poke else [])
 
+    def _may_retry(self, conn: sa.Connection, task: Any) -> bool:
+        """Whether a failed attempt may run again: not once its run has ended, nor an activity a cancel overtook.
+
+        Activities scheduled after the run saw its cancel (cleanup in a body that caught
+        ``RunCancelled``) keep their retries; compensations keep theirs until the run ends.
+        """
+        run = conn.execute(
+            sa.select(runs.c.state, runs.c.cancel_requested_at, runs.c.cancel_journaled).where(
+                runs.c.id == task.run_id
+            )
+        ).first()
+        if run is None or run.state in TERMINAL_STATES:
+            return False
+        if task.kind != "activity" or run.cancel_requested_at is None:
+            return True
+        if not run.cancel_journaled:
+            return False
+        seqs = dict(
+            conn.execute(
+                sa.select(events.c.kind, events.c.seq).where(
+                    events.c.run_id == task.run_id,
+                    sa.or_(
+                        events.c.kind == Kind.CANCEL_REQUESTED.value,
+                        sa.and_(
+                            events.c.kind == Kind.ACTIVITY_SCHEDULED.value, events.c.command_id == task.command_id
+                        ),
+                    ),
+                )
+            ).all()
+        )
+        return seqs.get(Kind.ACTIVITY_SCHEDULED.value, 0) > seqs.get(Kind.CANCEL_REQUESTED.value, 0)
+
     def send_signal(self, run_id: str, name: str, payload: Any) -> list[Dispatch]:
         with self._tx() as conn:
             self._open_run(conn, run_id, f"receive signal {name!r}")
@@ -185,6 +228,9 @@ class TasksMixin(SQLBase):
 
     def request_cancel(self, run_id: str) -> list[Dispatch]:
         with self._tx() as conn:
+            # A run that continued as new lives on in its successor: cancel that one.
+            while (nxt := self._successor(conn, run_id)) is not None:
+                run_id = nxt
             row = conn.execute(sa.select(runs.c.state, runs.c.cancel_requested_at).where(runs.c.id == run_id)).first()
             if row is not None and row.state == "cancelled":
                 return []
@@ -193,7 +239,11 @@ class TasksMixin(SQLBase):
                 return []
             conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested_at=self._now()))
             poke = self._poke(conn, run_id)
-            return [poke] if poke else []
+            return ([poke] if poke else []) + self._cancel_descendants(conn, run_id)
+
+    def _successor(self, conn: sa.Connection, run_id: str) -> str | None:
+        found = conn.execute(sa.select(runs.c.id).where(runs.c.continued_from_run_id == run_id)).scalar()
+        return str(found) if found is not None else None
 
     def request_retry(self, run_id: str, who: str) -> list[Dispatch]:
         with self._tx() as conn:
