@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import (
-    RunConflict,
     RunNotFound,
 )
 from ..events import Event
@@ -27,7 +26,7 @@ from .base import (
     NewRun,
     RunRecord,
 )
-from .rules import summarise_versions
+from .rules import run_conflict, summarise_versions
 from .schema import (
     TERMINAL_STATES,
     runs,
@@ -72,11 +71,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
     def _same_run(row: Any, run: NewRun) -> RunRecord:
         record = run_record(row)
         if record.workflow != run.workflow or dumps(record.input) != dumps(run.input):
-            raise RunConflict(
-                f"run id {run.id!r} already names a run of {record.workflow} with another input; "
-                "use a new run_id, or the same input to get the existing run's handle.",
-                run_id=run.id,
-            )
+            raise run_conflict(run.id, record.workflow)
         return record
 
     def get_run(self, run_id: str) -> RunRecord:

@@ -18,7 +18,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..config import DEFAULT_SNAPSHOT_EVERY
 from ..errors import (
     JournalError,
-    LeaseLost,
     RunFinished,
     RunNotFound,
 )
@@ -30,6 +29,7 @@ from .base import (
     NewRun,
     RunRecord,
 )
+from .rules import RUNNABLE, lease_lost
 from .schema import (
     TERMINAL_STATES,
     UTCDateTime,
@@ -38,19 +38,7 @@ from .schema import (
     runs,
 )
 
-_RUNNABLE = ("pending", "suspended")
-_SCHEDULE_KINDS = {Kind.ACTIVITY_SCHEDULED: "activity", Kind.COMPENSATION_SCHEDULED: "compensation"}
-_TASK_OUTCOMES = {
-    ("activity", "completed"): Kind.ACTIVITY_COMPLETED,
-    ("activity", "failed"): Kind.ACTIVITY_FAILED,
-    ("compensation", "completed"): Kind.COMPENSATION_COMPLETED,
-    ("compensation", "failed"): Kind.COMPENSATION_FAILED,
-}
-_CHILD_OUTCOMES = {
-    "completed": Kind.CHILD_COMPLETED,
-    "failed": Kind.CHILD_FAILED,
-    "cancelled": Kind.CHILD_CANCELLED,
-}
+_RUNNABLE = RUNNABLE
 
 
 def normalise_url(url: str) -> str:
@@ -262,13 +250,7 @@ class SQLBase:
     def _locked_run(self, conn: sa.Connection, lease: Lease) -> Any:
         row = conn.execute(sa.select(runs).where(runs.c.id == lease.run_id).with_for_update()).first()
         if row is None or row.lease_token != lease.token or row.state != "running":
-            raise LeaseLost(
-                f"run {lease.run_id}: lease token {lease.token} is stale"
-                + ("" if row is None else f" (the run is {row.state} with token {row.lease_token})")
-                + "; another worker owns the run, so this write was discarded.",
-                run_id=lease.run_id,
-                token=lease.token,
-            )
+            raise lease_lost(lease, None if row is None else row.state, None if row is None else row.lease_token)
         return row
 
     def _open_run(self, conn: sa.Connection, run_id: str, action: str) -> Any:

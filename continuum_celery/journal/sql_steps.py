@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +12,7 @@ from ..errors import (
     RunConflict,
 )
 from ..events import Event, Kind, NewEvent
-from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
+from ..replay import ContinueAsNew, Outcome
 from ..serialization import dumps, loads
 from ..snapshots import Snapshot
 from ..snapshots import decode as decode_snapshot
@@ -28,6 +26,19 @@ from .base import (
     StepResult,
     StepStart,
 )
+from .rules import (
+    CHILD_OUTCOMES,
+    SCHEDULE_KINDS,
+    cancelled_task_outcome,
+    child_outcome,
+    child_run,
+    continued_run,
+    ending,
+    task_id,
+    task_outcome,
+    task_spec,
+    wait_deadline,
+)
 from .schema import (
     activity_results,
     activity_tasks,
@@ -37,10 +48,7 @@ from .schema import (
     timers,
 )
 from .sql_base import (
-    _CHILD_OUTCOMES,
     _RUNNABLE,
-    _SCHEDULE_KINDS,
-    _TASK_OUTCOMES,
     Appender,
     SQLBase,
     run_record,
@@ -119,7 +127,6 @@ class StepsMixin(SQLBase):
             snapshots.insert().values(run_id=run_id, seq=snap.upto, state=encode_snapshot(snap), created_at=self._now())
         )
 
-
     def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
         """Append every outcome that is now available to the claimed run."""
         dispatches: list[Dispatch] = []
@@ -137,12 +144,8 @@ class StepsMixin(SQLBase):
             .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
         ).all()
         for task in finished:
-            payload = (
-                {"result": loads(task.result), "attempts": task.attempt}
-                if task.state == "completed"
-                else {"error": loads(task.error), "attempts": task.attempt}
-            )
-            task_seq = out.add(_TASK_OUTCOMES[(task.kind, task.state)], task.command_id, task.name, payload)
+            kind, payload = task_outcome(task.kind, task.state, loads(task.result), loads(task.error), task.attempt)
+            task_seq = out.add(kind, task.command_id, task.name, payload)
             conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=task_seq))
         pending = conn.execute(
             sa.select(timers)
@@ -192,18 +195,14 @@ class StepsMixin(SQLBase):
             )
             .where(
                 runs.c.parent_run_id == run.id,
-                runs.c.state.in_(tuple(_CHILD_OUTCOMES)),
+                runs.c.state.in_(tuple(CHILD_OUTCOMES)),
                 runs.c.reported_to_parent.is_(False),
             )
             .order_by(runs.c.updated_at, runs.c.id)
         ).all()
         for child in children:
-            payload = {
-                "run_id": child.id,
-                "result": loads(child.result),
-                "error": loads(child.error),
-            }
-            out.add(_CHILD_OUTCOMES[child.state], child.parent_command_id, child.workflow, payload)
+            kind, payload = child_outcome(child.state, child.id, loads(child.result), loads(child.error))
+            out.add(kind, child.parent_command_id, child.workflow, payload)
             conn.execute(runs.update().where(runs.c.id == child.id).values(reported_to_parent=True))
         return dispatches
 
@@ -236,13 +235,8 @@ class StepsMixin(SQLBase):
         ).all()
         if out is not None:
             for task in unstarted:
-                kind = Kind.ACTIVITY_FAILED if task.kind == "activity" else Kind.COMPENSATION_FAILED
-                error = {
-                    "type": "RunCancelled",
-                    "module": "continuum_celery.errors",
-                    "message": "the run was cancelled before this task started",
-                }
-                seq = out.add(kind, task.command_id, task.name, {"error": error, "attempts": task.attempt - 1})
+                kind, payload = cancelled_task_outcome(task.kind, task.attempt)
+                seq = out.add(kind, task.command_id, task.name, payload)
                 conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=seq))
         return self._cancel_descendants(conn, run_id)
 
@@ -267,21 +261,20 @@ class StepsMixin(SQLBase):
             for cmd in commands:
                 seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
                 assert cmd.command_id is not None
-                if cmd.kind in _SCHEDULE_KINDS:
-                    dispatch = self._schedule_task(conn, lease.run_id, cmd, _SCHEDULE_KINDS[cmd.kind])
+                if cmd.kind in SCHEDULE_KINDS:
+                    dispatch = self._schedule_task(conn, lease.run_id, cmd)
                     if dispatch is None:
                         immediate = True
                     else:
                         dispatches.append(dispatch)
                 elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
-                    at = cmd.payload.get("fire_at") or cmd.payload.get("timeout_at")
                     conn.execute(
                         timers.insert().values(
                             run_id=lease.run_id,
                             command_id=cmd.command_id,
                             kind="sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
                             name=cmd.name,
-                            fire_at=datetime.fromisoformat(at) if at else None,
+                            fire_at=wait_deadline(cmd),
                             state="pending",
                             created_at=now,
                         )
@@ -289,17 +282,7 @@ class StepsMixin(SQLBase):
                     if cmd.kind is Kind.SIGNAL_WAIT and self._has_signal(conn, lease.run_id, cmd.name or ""):
                         immediate = True
                 elif cmd.kind is Kind.CHILD_STARTED:
-                    version_hash, version = child_versions[cmd.name or ""]
-                    child = NewRun(
-                        id=cmd.payload["run_id"],
-                        workflow=cmd.name or "",
-                        version_hash=version_hash,
-                        version=version,
-                        input=cmd.payload.get("input"),
-                        parent_run_id=lease.run_id,
-                        parent_command_id=cmd.command_id,
-                        correlation_id=row.correlation_id,
-                    )
+                    child = child_run(cmd, lease.run_id, row.correlation_id, child_versions)
                     self._start_child(conn, child)
                     dispatches.append(
                         Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash)
@@ -360,36 +343,31 @@ class StepsMixin(SQLBase):
         ).first()
         return found is not None
 
-    def _schedule_task(self, conn: sa.Connection, run_id: str, cmd: NewEvent, kind: str) -> Dispatch | None:
+    def _schedule_task(self, conn: sa.Connection, run_id: str, cmd: NewEvent) -> Dispatch | None:
         """Insert the task row; None when an idempotency key already holds the result."""
-        payload = cmd.payload
-        task_id = f"{run_id}:{cmd.command_id}"
-        key = payload.get("idempotency_key") if kind == "activity" else None
+        spec = task_spec(cmd, self.activity_timeout)
+        tid = task_id(run_id, cmd.command_id or 0)
+        key = spec.idempotency_key
         stored = None
         if key:
             stored = conn.execute(
                 sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == key)
             ).scalar()
-        arguments = {"args": payload.get("args", []), "kwargs": payload.get("kwargs", {})}
-        if kind == "compensation":
-            arguments["result"] = payload.get("result")
-            arguments["for_command"] = payload.get("for_command")
-        retry = payload.get("retry") or {"max_attempts": 1}
         now = self._now()
         conn.execute(
             activity_tasks.insert().values(
-                id=task_id,
+                id=tid,
                 run_id=run_id,
                 command_id=cmd.command_id,
-                kind=kind,
+                kind=spec.kind,
                 name=cmd.name,
-                arguments=dumps(arguments),
-                queue=payload.get("queue"),
+                arguments=dumps(spec.arguments),
+                queue=spec.queue,
                 state="completed" if stored is not None else "scheduled",
                 attempt=1,
-                max_attempts=int(retry.get("max_attempts", 1)),
-                retry_policy=dumps(retry),
-                timeout=payload.get("timeout") or self.activity_timeout,
+                max_attempts=spec.max_attempts,
+                retry_policy=dumps(spec.retry_policy),
+                timeout=spec.timeout,
                 idempotency_key=key,
                 result=stored,
                 dispatched_at=now,
@@ -400,7 +378,7 @@ class StepsMixin(SQLBase):
         )
         if stored is not None:
             return None
-        return Dispatch("activity", task_id, queue=payload.get("queue"), attempt=1, label=cmd.name or "")
+        return Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or "")
 
     def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
         existing = conn.execute(sa.select(runs).where(runs.c.id == child.id)).first()
@@ -418,39 +396,14 @@ class StepsMixin(SQLBase):
         continue_version: tuple[str, int] | None,
     ) -> tuple[dict[str, Any], list[Dispatch]]:
         dispatches: list[Dispatch] = []
-        values: dict[str, Any] = {"next_wakeup_at": None}
-        if isinstance(outcome, Complete):
-            out.add(Kind.RUN_COMPLETED, None, None, {"result": outcome.result})
-            values.update(state="completed", result=dumps(outcome.result))
-        elif isinstance(outcome, (Fail, Cancelled)):
-            cancelled = isinstance(outcome, Cancelled)
-            out.add(
-                Kind.RUN_CANCELLED if cancelled else Kind.RUN_FAILED,
-                None,
-                None,
-                {"error": outcome.error},
-            )
-            values.update(state="cancelled" if cancelled else "failed", error=dumps(outcome.error))
-        elif isinstance(outcome, ContinueAsNew):
-            assert continue_version is not None
-            next_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"continuum:{row.id}:continued"))
-            out.add(Kind.RUN_CONTINUED, None, None, {"next_run_id": next_id})
-            values.update(state="continued", result=dumps({"continued_to": next_id}), _continued=next_id)
-            self._insert_run(
-                conn,
-                NewRun(
-                    id=next_id,
-                    workflow=row.workflow,
-                    version_hash=continue_version[0],
-                    version=continue_version[1],
-                    input=outcome.input,
-                    parent_run_id=row.parent_run_id,
-                    parent_command_id=row.parent_command_id,
-                    correlation_id=row.correlation_id,
-                    continued_from_run_id=row.id,
-                    trace_context=loads(row.trace_context) or {},
-                ),
-            )
+        end = ending(row.id, outcome)
+        out.add(end.kind, None, None, end.payload)
+        values: dict[str, Any] = {"next_wakeup_at": None, "state": end.state}
+        values.update({name: dumps(value) for name, value in end.fields.items()})
+        if end.next_run_id is not None:
+            assert isinstance(outcome, ContinueAsNew) and continue_version is not None
+            next_id = values["_continued"] = end.next_run_id
+            self._insert_run(conn, continued_run(row, loads(row.trace_context) or {}, outcome, continue_version))
             dispatches.append(Dispatch("replay", next_id, label=row.workflow, version_hash=continue_version[0]))
             if row.cancel_requested_at is not None:
                 # A cancel that reached this run after its body decided to continue stops the next run.

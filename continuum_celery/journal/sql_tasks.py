@@ -16,6 +16,7 @@ from .base import (
     ActivityOutcome,
     Dispatch,
 )
+from .rules import retry_delay
 from .schema import (
     TERMINAL_STATES,
     activity_results,
@@ -140,10 +141,7 @@ class TasksMixin(SQLBase):
     def _fail_attempt(self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool) -> ActivityOutcome:
         policy = loads(row.retry_policy)
         if retryable and row.attempt < row.max_attempts and self._may_retry(conn, row):
-            delay = min(
-                float(policy.get("initial_interval", 1.0)) * float(policy.get("backoff", 2.0)) ** (row.attempt - 1),
-                float(policy.get("max_interval", 60.0)),
-            )
+            delay = retry_delay(policy, row.attempt)
             due = conn.execute(
                 activity_tasks.update()
                 .where(activity_tasks.c.id == row.id)
