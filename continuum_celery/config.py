@@ -52,6 +52,7 @@ _ENV = {
     "version_ttl": "CONTINUUM_VERSION_TTL",
     "metrics_port": "CONTINUUM_METRICS_PORT",
     "metrics_addr": "CONTINUUM_METRICS_ADDR",
+    "inline_activities": "CONTINUUM_INLINE_ACTIVITIES",
 }
 
 # Field annotations (strings, under ``from __future__ import annotations``) read from text as numbers.
@@ -74,6 +75,8 @@ class Settings:
         snapshot_every: events between replay-log snapshots.
         activity_timeout: default start-to-close timeout of an activity attempt.
         cache_size: live executions kept per worker process.
+        inline_activities: let a replay step run a lone awaited activity routed to the replay
+            queue itself, instead of a Celery round trip (env ``0``/``false`` turns it off).
         max_payload_bytes: largest JSON payload accepted.
         key_prefix: Redis key prefix (default ``continuum:<name>:``).
         workflow_modules: modules imported at worker boot to load workflow definitions.
@@ -100,6 +103,7 @@ class Settings:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     activity_timeout: float = DEFAULT_ACTIVITY_TIMEOUT
     cache_size: int = DEFAULT_CACHE_SIZE
+    inline_activities: bool = True
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     key_prefix: str = ""
     workflow_modules: tuple[str, ...] = ()
@@ -148,6 +152,8 @@ class Settings:
                         f"continuum setting {f.name}={values[f.name]!r} is not a number"
                         + (f" (check {_ENV[f.name]})" if f.name in _ENV else "")
                     ) from None
+        if isinstance(values.get("inline_activities"), str):
+            values["inline_activities"] = values["inline_activities"].strip().lower() not in ("0", "false", "no", "off")
         if isinstance(values.get("workflow_modules"), (list, str)):
             mods = values["workflow_modules"]
             values["workflow_modules"] = tuple(mods.split(",") if isinstance(mods, str) else mods)

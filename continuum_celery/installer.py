@@ -137,6 +137,8 @@ class Continuum:
                         owner=self.owner,
                         lease_ttl=self.settings.lease_ttl,
                         max_payload_bytes=self.settings.max_payload_bytes,
+                        queue=self.settings.queue,
+                        inline_activities=self.settings.inline_activities,
                     )
         return self._stepper
 

@@ -15,13 +15,15 @@ from datetime import datetime
 from . import telemetry, tracing
 from .cache import ExecutionCache
 from .context import RunInfo, context_factory
+from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
 from .events import Kind, NewEvent
-from .journal.base import Journal, StepStart
+from .executor import activity_span, execute, report
+from .journal.base import ActivityClaim, Journal, StepStart
 from .leases import LeaseRenewer
 from .notify import Notifier
-from .replay import ContinueAsNew, Execution
+from .replay import ContinueAsNew, Decision, Execution
 from .versioning import Registry
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ class Stepper:
     owner: str
     lease_ttl: float
     max_payload_bytes: int
+    #: Queue of replay tasks (None: the app's default); activities routed here may run inline.
+    queue: str | None = None
+    inline_activities: bool = True
 
     def step(self, run_id: str) -> str:
         """Advance ``run_id`` as far as it can go now; return the run's state afterwards (or ``skipped``)."""
@@ -130,6 +135,7 @@ class Stepper:
                     wake_seq=start.wake_seq,
                     child_versions=child_versions,
                     continue_version=continue_version,
+                    inline=self._inline_candidate(decision),
                 )
             except LeaseLost:
                 execution.close()
@@ -169,9 +175,38 @@ class Stepper:
                     rlog.debug("finish notification lost; waiters fall back to polling", exc_info=True)
             return result.finished_state, False
         self.cache.put(run.id, execution)
+        if result.inline_claim is not None:
+            return "suspended", self._run_inline(result.inline_claim) or result.runnable_again
         if result.next_wakeup_at is not None and not result.runnable_again:
             self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at, run.version_hash)
         return "suspended", result.runnable_again
+
+    def _inline_candidate(self, decision: Decision) -> int | None:
+        """The command to run in this task: the one activity a waiting body scheduled, on this queue.
+
+        A lone awaited activity gains nothing from a Celery round trip (same queue, the body waits
+        for it); fan-outs, other queues, plain Celery tasks and compensations still go through Celery.
+        """
+        if not self.inline_activities or decision.outcome is not None:
+            return None
+        scheduled = [c for c in decision.commands if c.kind is Kind.ACTIVITY_SCHEDULED]
+        if len(scheduled) != 1 or get_activity(scheduled[0].name or "") is None:
+            return None
+        cmd = scheduled[0]
+        return cmd.command_id if (cmd.payload.get("queue") or None) == self.queue else None
+
+    def _run_inline(self, claim: ActivityClaim) -> bool:
+        """Run a claimed attempt here and record it; True when the run can step again at once."""
+        with activity_span(claim):
+            attempt = execute(claim, self.owner, None, self.max_payload_bytes)
+            outcome = self.journal.finish_activity(
+                claim, result=attempt.result, error=attempt.error, retryable=attempt.retryable
+            )
+            retry_due = next((d.due for d in outcome.dispatches if d.kind == "activity"), None)
+            report(claim, outcome.status, attempt, retry_due)
+        own = [d for d in outcome.dispatches if d.kind == "replay" and d.id == claim.run_id]
+        self.dispatcher.send([d for d in outcome.dispatches if d not in own])
+        return bool(own)
 
     @staticmethod
     def _emit_commands(run_id: str, workflow: str, commands: list[NewEvent]) -> None:

@@ -126,6 +126,8 @@ class StepResult:
     next_wakeup_at: datetime | None = None
     finished_state: str | None = None
     continued_run_id: str | None = None
+    #: The attempt claimed for the caller to run itself (``commit_step(inline=...)``).
+    inline_claim: ActivityClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,13 @@ class Journal(ABC):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
+        inline: int | None = None,
     ) -> StepResult:
         """Append the decision's commands, create their rows, then suspend or finish the run.
+
+        ``inline`` names an ``activity_scheduled`` command whose first attempt the caller will
+        run itself: it is claimed by the lease owner in the same transaction and returned as
+        ``StepResult.inline_claim`` instead of a dispatch (None there: dispatched as usual).
 
         When ``last_seq`` crosses a multiple of the adapter's ``snapshot_every``, the run's
         snapshot is refreshed in the same write; a finished run's snapshots are dropped.

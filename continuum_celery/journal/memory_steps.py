@@ -114,7 +114,9 @@ class MemorySteps(MemoryTables):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
+        inline: int | None = None,
     ) -> StepResult:
+        inline_claim = None
         with self._lock:
             run = self._held(lease)
             now, old_seq = self.clock(), run.last_seq
@@ -128,7 +130,10 @@ class MemorySteps(MemoryTables):
                 if cmd.kind in SCHEDULE_KINDS:
                     dispatch = self._schedule_task(run, cmd, now)
                     immediate = immediate or dispatch is None
-                    dispatches += [dispatch] if dispatch else []
+                    here = dispatch is not None and cmd.command_id == inline
+                    claim = self._claim_locked(dispatch.id, 1, lease.owner) if dispatch and here else None
+                    inline_claim = claim or inline_claim
+                    dispatches += [dispatch] if dispatch and claim is None else []
                 elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
                     kind = "sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal"
                     self._timers[(run.id, cmd.command_id)] = TimerRow(
@@ -159,6 +164,7 @@ class MemorySteps(MemoryTables):
             run.updated_at = now
             result.last_seq = run.last_seq
             result.dispatches = dispatches
+            result.inline_claim = inline_claim
             return result
 
     def _check_commands(self, run: RunRow, commands: Sequence[NewEvent], child_versions: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from ..errors import RunFinished, RunNotFound
 from ..events import Event, Kind
 from ..serialization import roundtrip
 from ..snapshots import Snapshot
-from .base import ActivityOutcome, Dispatch, Lease, NewRun, RunRecord
+from .base import ActivityClaim, ActivityOutcome, Dispatch, Lease, NewRun, RunRecord
 from .rules import RUNNABLE, TERMINAL, TaskSpec, cancelled_task_outcome, lease_lost, retry_delay
 
 
@@ -152,6 +152,38 @@ class MemoryTables:
                     "snapshots": {k: dataclasses.asdict(v) for k, v in self._snapshots.items()},
                 }
             )
+
+    def _claim_locked(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
+        """Start an attempt; the caller holds the lock. None when it is not claimable now."""
+        now = self.clock()
+        task = self._tasks.get(task_id)
+        if task is None or task.attempt != attempt or task.state != "scheduled":
+            return None
+        if task.retry_at is not None and task.retry_at > now:
+            return None
+        run = self._runs[task.run_id]
+        # A cancel the run has not seen yet holds its activities back; its next step drops them.
+        if task.spec.kind == "activity" and run.cancel_requested_at is not None and not run.cancel_journaled:
+            return None
+        task.state, task.owner, task.dispatched_at, task.updated_at = "running", owner, None, now
+        task.lease_expires_at = now + timedelta(seconds=task.spec.timeout or self.activity_timeout)
+        args = roundtrip(task.spec.arguments)
+        return ActivityClaim(
+            task_id=task.id,
+            run_id=task.run_id,
+            kind=task.spec.kind,
+            name=task.name,
+            args=args.get("args", []),
+            kwargs=args.get("kwargs", {}),
+            attempt=task.attempt,
+            max_attempts=task.spec.max_attempts,
+            retry_policy=roundtrip(task.spec.retry_policy),
+            timeout=task.spec.timeout,
+            idempotency_key=task.spec.idempotency_key,
+            compensated_result=args.get("result"),
+            workflow=run.workflow,
+            trace_context=dict(run.trace_context),
+        )
 
     def _fail_attempt(self, task: TaskRow, error: dict[str, Any], retryable: bool, now: datetime) -> ActivityOutcome:
         task.error, task.lease_expires_at, task.updated_at = roundtrip(error), None, now

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from ..errors import InvalidArgument
@@ -18,35 +17,7 @@ class MemoryTasks(MemoryTables):
     # ---- activities --------------------------------------------------------------------
     def claim_activity(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
         with self._lock:
-            now = self.clock()
-            task = self._tasks.get(task_id)
-            if task is None or task.attempt != attempt or task.state != "scheduled":
-                return None
-            if task.retry_at is not None and task.retry_at > now:
-                return None
-            run = self._runs[task.run_id]
-            # A cancel the run has not seen yet holds its activities back; its next step drops them.
-            if task.spec.kind == "activity" and run.cancel_requested_at is not None and not run.cancel_journaled:
-                return None
-            task.state, task.owner, task.dispatched_at, task.updated_at = "running", owner, None, now
-            task.lease_expires_at = now + timedelta(seconds=task.spec.timeout or self.activity_timeout)
-            args = roundtrip(task.spec.arguments)
-            return ActivityClaim(
-                task_id=task.id,
-                run_id=task.run_id,
-                kind=task.spec.kind,
-                name=task.name,
-                args=args.get("args", []),
-                kwargs=args.get("kwargs", {}),
-                attempt=task.attempt,
-                max_attempts=task.spec.max_attempts,
-                retry_policy=roundtrip(task.spec.retry_policy),
-                timeout=task.spec.timeout,
-                idempotency_key=task.spec.idempotency_key,
-                compensated_result=args.get("result"),
-                workflow=run.workflow,
-                trace_context=dict(run.trace_context),
-            )
+            return self._claim_locked(task_id, attempt, owner)
 
     def finish_activity(
         self,

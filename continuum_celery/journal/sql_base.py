@@ -24,6 +24,7 @@ from ..errors import (
 from ..events import Event, Kind
 from ..serialization import dumps, loads
 from .base import (
+    ActivityClaim,
     Dispatch,
     Lease,
     NewRun,
@@ -33,6 +34,7 @@ from .rules import RUNNABLE, lease_lost
 from .schema import (
     TERMINAL_STATES,
     UTCDateTime,
+    activity_tasks,
     check_schema,
     events,
     runs,
@@ -114,6 +116,14 @@ def event_from_row(row: Any) -> Event:
         name=row.name,
         payload=loads(row.payload),
     )
+
+
+def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
+    """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
+    return [
+        sa.select(c).where(runs.c.id == activity_tasks.c.run_id).scalar_subquery().label(f"run_{c.name}")
+        for c in columns
+    ]
 
 
 class SQLBase:
@@ -266,6 +276,55 @@ class SQLBase:
             sa.select(events).where(events.c.run_id == run_id, events.c.seq > after_seq).order_by(events.c.seq)
         )
         return [event_from_row(r) for r in rows]
+
+    def _claim_task(self, conn: sa.Connection, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
+        """Start an attempt inside the caller's transaction; None when it is not claimable now."""
+        now = self._now()
+        row = conn.execute(
+            activity_tasks.update()
+            .where(
+                activity_tasks.c.id == task_id,
+                activity_tasks.c.attempt == attempt,
+                activity_tasks.c.state == "scheduled",
+                sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
+                # A cancel the run has not seen yet holds its activities back (compensations still run);
+                # the run's next step then drops them.
+                sa.or_(
+                    activity_tasks.c.kind != "activity",
+                    ~sa.exists().where(
+                        runs.c.id == activity_tasks.c.run_id,
+                        runs.c.cancel_requested_at.is_not(None),
+                        runs.c.cancel_journaled.is_(False),
+                    ),
+                ),
+            )
+            .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
+            .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
+        ).first()
+        if row is None:
+            return None
+        conn.execute(
+            activity_tasks.update()
+            .where(activity_tasks.c.id == task_id)
+            .values(lease_expires_at=self._after(row.timeout or self.activity_timeout))
+        )
+        arguments = loads(row.arguments)
+        return ActivityClaim(
+            task_id=row.id,
+            run_id=row.run_id,
+            kind=row.kind,
+            name=row.name,
+            args=arguments.get("args", []),
+            kwargs=arguments.get("kwargs", {}),
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            retry_policy=loads(row.retry_policy),
+            timeout=row.timeout,
+            idempotency_key=row.idempotency_key,
+            compensated_result=arguments.get("result"),
+            workflow=row.run_workflow or "",
+            trace_context=loads(row.run_trace_context) or {},
+        )
 
 
 class Appender:

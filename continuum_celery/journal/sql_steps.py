@@ -249,7 +249,9 @@ class StepsMixin(SQLBase):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
+        inline: int | None = None,
     ) -> StepResult:
+        inline_claim = None
         with self._tx() as conn:
             if outcome is not None:
                 self._lock_parent_first(conn, lease.run_id)
@@ -265,6 +267,8 @@ class StepsMixin(SQLBase):
                     dispatch = self._schedule_task(conn, lease.run_id, cmd)
                     if dispatch is None:
                         immediate = True
+                    elif cmd.command_id == inline and (claim := self._claim_task(conn, dispatch.id, 1, lease.owner)):
+                        inline_claim = claim
                     else:
                         dispatches.append(dispatch)
                 elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
@@ -322,6 +326,7 @@ class StepsMixin(SQLBase):
                 ).scalar()
             result.last_seq = out.seq
             result.dispatches = dispatches
+            result.inline_claim = inline_claim
             return result
 
     def _earliest_timer(self, run_id: str) -> Any:

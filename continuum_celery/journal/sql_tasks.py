@@ -30,65 +30,12 @@ from .sql_base import (
 )
 
 
-def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
-    """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
-    return [
-        sa.select(c).where(runs.c.id == activity_tasks.c.run_id).scalar_subquery().label(f"run_{c.name}")
-        for c in columns
-    ]
-
-
 class TasksMixin(SQLBase):
     """Activity task rows and the run inbox."""
 
     def claim_activity(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
         with self._tx() as conn:
-            now = self._now()
-            row = conn.execute(
-                activity_tasks.update()
-                .where(
-                    activity_tasks.c.id == task_id,
-                    activity_tasks.c.attempt == attempt,
-                    activity_tasks.c.state == "scheduled",
-                    sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
-                    # A cancel the run has not seen yet holds its activities back (compensations still run);
-                    # the run's next step then drops them.
-                    sa.or_(
-                        activity_tasks.c.kind != "activity",
-                        ~sa.exists().where(
-                            runs.c.id == activity_tasks.c.run_id,
-                            runs.c.cancel_requested_at.is_not(None),
-                            runs.c.cancel_journaled.is_(False),
-                        ),
-                    ),
-                )
-                .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
-                .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
-            ).first()
-            if row is None:
-                return None
-            conn.execute(
-                activity_tasks.update()
-                .where(activity_tasks.c.id == task_id)
-                .values(lease_expires_at=self._after(row.timeout or self.activity_timeout))
-            )
-        arguments = loads(row.arguments)
-        return ActivityClaim(
-            task_id=row.id,
-            run_id=row.run_id,
-            kind=row.kind,
-            name=row.name,
-            args=arguments.get("args", []),
-            kwargs=arguments.get("kwargs", {}),
-            attempt=row.attempt,
-            max_attempts=row.max_attempts,
-            retry_policy=loads(row.retry_policy),
-            timeout=row.timeout,
-            idempotency_key=row.idempotency_key,
-            compensated_result=arguments.get("result"),
-            workflow=row.run_workflow or "",
-            trace_context=loads(row.run_trace_context) or {},
-        )
+            return self._claim_task(conn, task_id, attempt, owner)
 
     def finish_activity(
         self,
@@ -190,9 +137,7 @@ class TasksMixin(SQLBase):
         ``RunCancelled``) keep their retries; compensations keep theirs until the run ends.
         """
         run = conn.execute(
-            sa.select(runs.c.state, runs.c.cancel_requested_at, runs.c.cancel_journaled).where(
-                runs.c.id == task.run_id
-            )
+            sa.select(runs.c.state, runs.c.cancel_requested_at, runs.c.cancel_journaled).where(runs.c.id == task.run_id)
         ).first()
         if run is None or run.state in TERMINAL_STATES:
             return False
@@ -206,9 +151,7 @@ class TasksMixin(SQLBase):
                     events.c.run_id == task.run_id,
                     sa.or_(
                         events.c.kind == Kind.CANCEL_REQUESTED.value,
-                        sa.and_(
-                            events.c.kind == Kind.ACTIVITY_SCHEDULED.value, events.c.command_id == task.command_id
-                        ),
+                        sa.and_(events.c.kind == Kind.ACTIVITY_SCHEDULED.value, events.c.command_id == task.command_id),
                     ),
                 )
             ).all()

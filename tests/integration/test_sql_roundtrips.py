@@ -131,6 +131,7 @@ def _drive(engine: Continuum, counter: SQLCounter, n: int, *, cold: bool) -> tup
 
 def test_sql_cost_per_activity_step_does_not_grow_with_history(measured: tuple[Continuum, SQLCounter]) -> None:
     engine, counter = measured
+    engine.stepper.inline_activities = False  # measure the Celery path: one replay task, one activity task
     print(f"\nSQL cost per activity step, a run of {LONG_RUN} sequential activities on PostgreSQL")
     print("(statements / transactions / wire round trips)")
     for cold in (False, True):
@@ -148,6 +149,31 @@ def test_sql_cost_per_activity_step_does_not_grow_with_history(measured: tuple[C
         step5, step50 = costs[4], costs[LONG_RUN - 1]
         assert (step5[0].statements, step5[1].statements) == (step50[0].statements, step50[1].statements)
         assert step50[0].transactions == 2 and step50[1].transactions == 2
+
+
+def test_inline_activity_steps_cost_three_commits_each(measured: tuple[Continuum, SQLCounter]) -> None:
+    """A replay task that runs lone awaited activities itself: the whole run in one task, flat per step."""
+    engine, counter = measured
+    per_step = {}
+    for n in (5, LONG_RUN):
+        run_id = engine.client.start(add_chain, n).id
+        cost, state = counter.measure(lambda rid=run_id: engine.stepper.step(rid))
+        assert state == "completed"
+        assert engine.client.get(run_id).result(timeout=5) == n
+        with engine.journal.engine.connect() as conn:  # type: ignore[attr-defined]
+            owners = conn.execute(
+                sa.text("SELECT DISTINCT owner, attempt FROM continuum_activity_tasks WHERE run_id = :r"), {"r": run_id}
+            ).all()
+        assert owners == [(engine.owner, 1)], "every activity ran in the replay task, on its first attempt"
+        per_step[n] = cost
+    # One step = commit the decision (claiming the activity), record the attempt, claim the run again.
+    short, long = per_step[5], per_step[LONG_RUN]
+    extra = Cost(long.statements - short.statements, long.transactions - short.transactions, 0)
+    steps = LONG_RUN - 5
+    print(f"\ninline activities: {short} for 5 steps, {long} for {LONG_RUN} (statements / transactions / trips)")
+    print(f"  per extra step: {extra.statements / steps:.1f} statements, {extra.transactions / steps:.1f} transactions")
+    assert extra.transactions == 3 * steps
+    assert extra.statements % steps == 0, "every step costs the same number of statements"
 
 
 def test_end_to_end_time_of_the_five_activity_workflow(stack: Stack) -> None:
