@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from . import telemetry, tracing
 from .cache import ExecutionCache
@@ -18,9 +19,10 @@ from .context import RunInfo, context_factory
 from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
-from .events import Kind, NewEvent
-from .executor import activity_span, execute, report
-from .journal.base import ActivityClaim, Journal, StepStart
+from .events import Event, Kind, NewEvent
+from .executor import AttemptResult, activity_span, execute, report
+from .journal.base import ActivityClaim, CompletedAttempt, Inline, Journal, StepResult, StepStart
+from .journal.rules import task_outcome
 from .leases import LeaseRenewer
 from .notify import Notifier
 from .replay import ContinueAsNew, Decision, Execution
@@ -103,83 +105,120 @@ class Stepper:
                 saga=getattr(defn, "saga", False),
                 run_id=run.id,
             )
-        with self.renewer.hold(start.lease):
-            try:
-                advance_began = time.perf_counter()
-                decision = execution.advance(start.events, start.now)
-                advance_duration = time.perf_counter() - advance_began
-            except NondeterminismError as exc:
-                telemetry.emit(
-                    "nondeterminism",
-                    run_id=run.id,
-                    workflow=run.workflow,
-                    seq=getattr(exc, "seq", None),
-                )
-                rlog.error("%s", exc)
-                self.journal.release(start.lease, stuck_reason="nondeterminism")
-                return "suspended", False
-            child_versions = {}
-            for cmd in decision.commands:
-                if cmd.kind is Kind.CHILD_STARTED and cmd.name:
-                    child = self.registry.current(cmd.name)
-                    child_versions[cmd.name] = (child.version_hash, child.version)
-            continue_version = None
-            if isinstance(decision.outcome, ContinueAsNew):
-                current = self.registry.current(run.workflow)
-                continue_version = (current.version_hash, current.version)
-            try:
-                result = self.journal.commit_step(
-                    start.lease,
-                    decision.commands,
-                    decision.outcome,
-                    wake_seq=start.wake_seq,
-                    child_versions=child_versions,
-                    continue_version=continue_version,
-                    inline=self._inline_candidate(decision),
-                )
-            except LeaseLost:
-                execution.close()
-                telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
-                raise
-        execution.acknowledge(result.last_seq)
-        telemetry.emit(
-            "replay_step",
-            run_id=run.id,
-            workflow=run.workflow,
-            duration=time.perf_counter() - began,
-            events=len(start.events) + len(decision.commands),
-            advance=advance_duration,
-            loaded=len(start.events),
-            snapshot_seq=start.snapshot_seq,
-            cache_hit=cache_hit,
-        )
-        self._emit_commands(run.id, run.workflow, decision.commands)
-        self.dispatcher.send(result.dispatches)
-        if result.finished_state is not None:
-            execution.close()
-            if result.continued_run_id is not None:
-                telemetry.emit(
-                    "run_continued", run_id=run.id, workflow=run.workflow, next_run_id=result.continued_run_id
-                )
-                telemetry.emit(
-                    "run_started", run_id=result.continued_run_id, workflow=run.workflow, continued_from=run.id
-                )
-            else:
-                error = getattr(decision.outcome, "error", None)  # Fail and Cancelled carry one
-                extra = {"error": error} if error is not None else {}
-                telemetry.emit(f"run_{result.finished_state}", run_id=run.id, workflow=run.workflow, **extra)
-            if self.notifier is not None:
+        events, now, loaded = start.events, start.now, len(start.events)
+        completed: CompletedAttempt | None = None
+        completed_attempt: AttemptResult | None = None
+        while True:
+            with self.renewer.hold(start.lease):
                 try:
-                    self.notifier.publish_finished(run.id, result.finished_state)
-                except Exception:
-                    rlog.debug("finish notification lost; waiters fall back to polling", exc_info=True)
-            return result.finished_state, False
-        self.cache.put(run.id, execution)
-        if result.inline_claim is not None:
-            return "suspended", self._run_inline(result.inline_claim) or result.runnable_again
-        if result.next_wakeup_at is not None and not result.runnable_again:
-            self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at, run.version_hash)
-        return "suspended", result.runnable_again
+                    advance_began = time.perf_counter()
+                    decision = execution.advance(events, now)
+                    advance_duration = time.perf_counter() - advance_began
+                except NondeterminismError as exc:
+                    telemetry.emit(
+                        "nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None)
+                    )
+                    rlog.error("%s", exc)
+                    if completed is not None:  # its effect happened: record it before parking the run
+                        self.journal.finish_activity(completed.claim, result=completed.result)
+                    self.journal.release(start.lease, stuck_reason="nondeterminism")
+                    return "suspended", False
+                cid = self._inline_candidate(decision)
+                inline = Inline(cid, self.lease_ttl) if cid is not None else None
+                try:
+                    result = self.journal.commit_step(
+                        start.lease,
+                        decision.commands,
+                        decision.outcome,
+                        wake_seq=start.wake_seq,
+                        child_versions=self._child_versions(decision),
+                        continue_version=self._continue_version(run.workflow, decision),
+                        inline=inline,
+                        completed=completed,
+                    )
+                except LeaseLost:
+                    execution.close()
+                    telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
+                    raise
+            if result.declined and completed is not None:
+                # Input arrived while the attempt ran: record it plainly, and decide again once that input
+                # is resolved (a fresh replay: this execution already consumed the folded result).
+                execution.close()
+                self._record(completed.claim, completed_attempt or AttemptResult(completed.result, None, True, 0.0))
+                self.journal.release(start.lease)
+                return "suspended", True
+            execution.acknowledge(result.last_seq)
+            telemetry.emit(
+                "replay_step",
+                run_id=run.id,
+                workflow=run.workflow,
+                duration=time.perf_counter() - began,
+                events=len(events) + len(decision.commands),
+                advance=advance_duration,
+                loaded=loaded,
+                snapshot_seq=start.snapshot_seq,
+                cache_hit=cache_hit,
+            )
+            if completed is not None and completed_attempt is not None:
+                report(completed.claim, "completed", completed_attempt, None)
+            self._emit_commands(run.id, run.workflow, decision.commands)
+            self.dispatcher.send(result.dispatches)
+            if result.finished_state is not None:
+                execution.close()
+                self._announce_end(run.id, run.workflow, result, decision, rlog)
+                return result.finished_state, False
+            if result.lease_kept and result.inline_claim is not None and cid is not None:
+                # The run is still ours: run the activity, then decide on its result in one transaction.
+                with self.renewer.hold(start.lease), activity_span(result.inline_claim):
+                    attempt = execute(result.inline_claim, self.owner, None, self.max_payload_bytes)
+                if attempt.error is not None:
+                    self.cache.put(run.id, execution)
+                    self._record(result.inline_claim, attempt)
+                    self.journal.release(start.lease)  # the next claim resolves the failure or waits out the retry
+                    return "suspended", True
+                completed, completed_attempt = CompletedAttempt(result.inline_claim, cid, attempt.result), attempt
+                kind, payload = task_outcome("activity", "completed", attempt.result, None, result.inline_claim.attempt)
+                events = [Event(result.last_seq + 1, kind, cid, result.inline_claim.name, payload)]
+                now, loaded, began, cache_hit = result.now or now, 0, time.perf_counter(), True
+                continue
+            self.cache.put(run.id, execution)
+            if result.inline_claim is not None:
+                return "suspended", self._run_inline(result.inline_claim) or result.runnable_again
+            if result.next_wakeup_at is not None and not result.runnable_again:
+                self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at, run.version_hash)
+            return "suspended", result.runnable_again
+
+    def _child_versions(self, decision: Decision) -> dict[str, tuple[str, int]]:
+        """The current (hash, version) of each child workflow the decision starts."""
+        versions = {}
+        for cmd in decision.commands:
+            if cmd.kind is Kind.CHILD_STARTED and cmd.name:
+                child = self.registry.current(cmd.name)
+                versions[cmd.name] = (child.version_hash, child.version)
+        return versions
+
+    def _continue_version(self, workflow: str, decision: Decision) -> tuple[str, int] | None:
+        """The version a continue-as-new starts its next run on: the current one."""
+        if not isinstance(decision.outcome, ContinueAsNew):
+            return None
+        current = self.registry.current(workflow)
+        return current.version_hash, current.version
+
+    def _announce_end(self, run_id: str, workflow: str, result: StepResult, decision: Decision, rlog: Any) -> None:
+        """Telemetry and the completion notification of a run that just ended."""
+        assert result.finished_state is not None
+        if result.continued_run_id is not None:
+            telemetry.emit("run_continued", run_id=run_id, workflow=workflow, next_run_id=result.continued_run_id)
+            telemetry.emit("run_started", run_id=result.continued_run_id, workflow=workflow, continued_from=run_id)
+        else:
+            error = getattr(decision.outcome, "error", None)  # Fail and Cancelled carry one
+            extra = {"error": error} if error is not None else {}
+            telemetry.emit(f"run_{result.finished_state}", run_id=run_id, workflow=workflow, **extra)
+        if self.notifier is not None:
+            try:
+                self.notifier.publish_finished(run_id, result.finished_state)
+            except Exception:
+                rlog.debug("finish notification lost; waiters fall back to polling", exc_info=True)
 
     def _inline_candidate(self, decision: Decision) -> int | None:
         """The command to run in this task: the one activity a waiting body scheduled, on this queue.
@@ -199,11 +238,15 @@ class Stepper:
         """Run a claimed attempt here and record it; True when the run can step again at once."""
         with activity_span(claim):
             attempt = execute(claim, self.owner, None, self.max_payload_bytes)
-            outcome = self.journal.finish_activity(
-                claim, result=attempt.result, error=attempt.error, retryable=attempt.retryable
-            )
-            retry_due = next((d.due for d in outcome.dispatches if d.kind == "activity"), None)
-            report(claim, outcome.status, attempt, retry_due)
+            return self._record(claim, attempt)
+
+    def _record(self, claim: ActivityClaim, attempt: AttemptResult) -> bool:
+        """Record an attempt run in this task; True when that woke its (suspended) run for us to step."""
+        outcome = self.journal.finish_activity(
+            claim, result=attempt.result, error=attempt.error, retryable=attempt.retryable
+        )
+        retry_due = next((d.due for d in outcome.dispatches if d.kind == "activity"), None)
+        report(claim, outcome.status, attempt, retry_due)
         own = [d for d in outcome.dispatches if d.kind == "replay" and d.id == claim.run_id]
         self.dispatcher.send([d for d in outcome.dispatches if d not in own])
         return bool(own)

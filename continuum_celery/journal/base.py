@@ -128,6 +128,13 @@ class StepResult:
     continued_run_id: str | None = None
     #: The attempt claimed for the caller to run itself (``commit_step(inline=...)``).
     inline_claim: ActivityClaim | None = None
+    #: The run stayed ``running`` under the caller's lease (renewed for ``Inline.lease_ttl``).
+    lease_kept: bool = False
+    #: The journal's clock at the commit (the next decision's ``now`` when the lease was kept).
+    now: datetime | None = None
+    #: Nothing was written: input reached the run while its inline attempt ran (``completed`` given
+    #: and ``wake_seq`` moved), so the decision must be taken again after that input is resolved.
+    declined: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,23 @@ class ActivityClaim:
     compensated_result: Any = None
     workflow: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inline:
+    """Ask ``commit_step`` to claim one scheduled activity for the lease owner to run itself."""
+
+    command_id: int
+    lease_ttl: float
+
+
+@dataclass(frozen=True)
+class CompletedAttempt:
+    """An inline attempt that succeeded, recorded by the next ``commit_step`` with its decision."""
+
+    claim: ActivityClaim
+    command_id: int
+    result: Any
 
 
 @dataclass(frozen=True)
@@ -217,13 +241,21 @@ class Journal(ABC):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
-        inline: int | None = None,
+        inline: Inline | None = None,
+        completed: CompletedAttempt | None = None,
     ) -> StepResult:
         """Append the decision's commands, create their rows, then suspend or finish the run.
 
         ``inline`` names an ``activity_scheduled`` command whose first attempt the caller will
         run itself: it is claimed by the lease owner in the same transaction and returned as
         ``StepResult.inline_claim`` instead of a dispatch (None there: dispatched as usual).
+        When nothing else is waiting for the run (``wake_seq`` unchanged) the run then stays
+        ``running`` under the lease (``lease_kept``) instead of being suspended.
+
+        ``completed`` records an inline attempt's success first, as the ``activity_completed``
+        event at ``last_seq + 1``, so one transaction carries an outcome and the decision built
+        on it. Raises ``LeaseLost`` if that attempt is no longer this owner's; returns ``declined``
+        without writing if the run's ``wake_seq`` moved (a cancel or signal must be seen first).
 
         When ``last_seq`` crosses a multiple of the adapter's ``snapshot_every``, the run's
         snapshot is refreshed in the same write; a finished run's snapshots are dropped.

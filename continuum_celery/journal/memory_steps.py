@@ -11,7 +11,7 @@ from ..errors import JournalError, LeaseLost, RunConflict
 from ..events import Kind, NewEvent
 from ..replay import ContinueAsNew, Outcome
 from ..serialization import roundtrip
-from .base import Dispatch, Lease, StepResult, StepStart
+from .base import CompletedAttempt, Dispatch, Inline, Lease, StepResult, StepStart
 from .memory_tables import MemoryTables, RunRow, TaskRow, TimerRow, attempt_of, claimable, replay_of
 from .rules import (
     CHILD_OUTCOMES,
@@ -114,13 +114,25 @@ class MemorySteps(MemoryTables):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
-        inline: int | None = None,
+        inline: Inline | None = None,
+        completed: CompletedAttempt | None = None,
     ) -> StepResult:
         inline_claim = None
         with self._lock:
             run = self._held(lease)
             now, old_seq = self.clock(), run.last_seq
             self._check_commands(run, commands, child_versions)
+            if completed is not None and run.wake_seq != wake_seq:
+                return StepResult(last_seq=run.last_seq, declined=True)
+            if completed is not None:
+                done = self._inline_task(lease, completed)
+                event_kind, payload = task_outcome(done.spec.kind, "completed", completed.result, None, done.attempt)
+                done.outcome_seq = self._append(run, event_kind, completed.command_id, done.name, payload)
+                done.state, done.result, done.lease_expires_at = "completed", roundtrip(completed.result), None
+                done.finished_at = done.updated_at = now
+                key = completed.claim.idempotency_key
+                if key and key not in self._results:
+                    self._results[key] = {"activity": done.name, "result": done.result, "run_id": run.id}
             assert continue_version is not None or not isinstance(outcome, ContinueAsNew)
             dispatches: list[Dispatch] = []
             immediate = False
@@ -130,7 +142,7 @@ class MemorySteps(MemoryTables):
                 if cmd.kind in SCHEDULE_KINDS:
                     dispatch = self._schedule_task(run, cmd, now)
                     immediate = immediate or dispatch is None
-                    here = dispatch is not None and cmd.command_id == inline
+                    here = dispatch is not None and inline is not None and cmd.command_id == inline.command_id
                     claim = self._claim_locked(dispatch.id, 1, lease.owner) if dispatch and here else None
                     inline_claim = claim or inline_claim
                     dispatches += [dispatch] if dispatch and claim is None else []
@@ -148,8 +160,18 @@ class MemorySteps(MemoryTables):
                     dispatches.append(
                         Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash)
                     )
-            result = StepResult(last_seq=run.last_seq)
-            if outcome is None:
+            result = StepResult(last_seq=run.last_seq, now=now)
+            result.lease_kept = (
+                outcome is None
+                and inline is not None
+                and inline_claim is not None
+                and not immediate
+                and run.wake_seq == wake_seq
+            )
+            if result.lease_kept:
+                assert inline is not None
+                run.lease_expires_at = now + timedelta(seconds=inline.lease_ttl)
+            elif outcome is None:
                 result.runnable_again = immediate or run.wake_seq != wake_seq
                 run.state = "suspended"
                 run.next_wakeup_at = now if result.runnable_again else self._earliest_timer(run.id)
@@ -160,12 +182,26 @@ class MemorySteps(MemoryTables):
                 result.finished_state = run.state
                 result.continued_run_id = ending(run.id, outcome).next_run_id
                 self._snapshots.pop(run.id, None)
-            run.lease_owner = run.lease_expires_at = run.dispatched_at = None
+            if not result.lease_kept:
+                run.lease_owner = run.lease_expires_at = None
+            run.dispatched_at = None
             run.updated_at = now
             result.last_seq = run.last_seq
             result.dispatches = dispatches
             result.inline_claim = inline_claim
             return result
+
+    def _inline_task(self, lease: Lease, completed: CompletedAttempt) -> TaskRow:
+        """The task of an inline attempt still owned by the lease holder (else LeaseLost, nothing changed)."""
+        claim = completed.claim
+        task = self._tasks.get(claim.task_id)
+        if task is None or task.attempt != claim.attempt or task.state != "running":
+            raise LeaseLost(
+                f"run {lease.run_id}: inline attempt {claim.attempt} of {claim.name} is no longer this worker's",
+                run_id=lease.run_id,
+                token=lease.token,
+            )
+        return task
 
     def _check_commands(self, run: RunRow, commands: Sequence[NewEvent], child_versions: dict[str, Any]) -> None:
         """Refuse a decision the SQL journal's transaction would roll back, before anything changes."""

@@ -20,7 +20,9 @@ from ..snapshots import due as snapshot_due
 from ..snapshots import encode as encode_snapshot
 from ..snapshots import extend as extend_snapshot
 from .base import (
+    CompletedAttempt,
     Dispatch,
+    Inline,
     Lease,
     NewRun,
     StepResult,
@@ -249,7 +251,8 @@ class StepsMixin(SQLBase):
         wake_seq: int,
         child_versions: dict[str, tuple[str, int]],
         continue_version: tuple[str, int] | None = None,
-        inline: int | None = None,
+        inline: Inline | None = None,
+        completed: CompletedAttempt | None = None,
     ) -> StepResult:
         inline_claim = None
         with self._tx() as conn:
@@ -257,7 +260,11 @@ class StepsMixin(SQLBase):
                 self._lock_parent_first(conn, lease.run_id)
             row = self._locked_run(conn, lease)
             now = self._now()
+            if completed is not None and row.wake_seq != wake_seq:
+                return StepResult(last_seq=row.last_seq, declined=True)
             out = Appender(lease.run_id, row.last_seq, None)
+            if completed is not None:
+                self._record_inline_success(conn, lease, completed, out)
             dispatches: list[Dispatch] = []
             immediate = False
             for cmd in commands:
@@ -267,7 +274,11 @@ class StepsMixin(SQLBase):
                     dispatch = self._schedule_task(conn, lease.run_id, cmd)
                     if dispatch is None:
                         immediate = True
-                    elif cmd.command_id == inline and (claim := self._claim_task(conn, dispatch.id, 1, lease.owner)):
+                    elif (
+                        inline is not None
+                        and cmd.command_id == inline.command_id
+                        and (claim := self._claim_task(conn, dispatch.id, 1, lease.owner))
+                    ):
                         inline_claim = claim
                     else:
                         dispatches.append(dispatch)
@@ -293,10 +304,15 @@ class StepsMixin(SQLBase):
                     )
                 del seq
             result = StepResult(last_seq=out.seq)
-            if outcome is None:
+            if outcome is None and inline is not None and inline_claim is not None:
+                result.lease_kept = not immediate and row.wake_seq == wake_seq
+            if result.lease_kept:
+                assert inline is not None
+                values: dict[str, Any] = {"state": "running", "lease_expires_at": self._after(inline.lease_ttl)}
+            elif outcome is None:
                 runnable = immediate or row.wake_seq != wake_seq
                 wakeup = now if runnable else self._earliest_timer(lease.run_id)
-                values: dict[str, Any] = {"state": "suspended", "next_wakeup_at": wakeup}
+                values = {"state": "suspended", "next_wakeup_at": wakeup}
                 result.runnable_again = runnable
             else:
                 values, extra = self._finish(conn, row, out, outcome, continue_version)
@@ -308,19 +324,14 @@ class StepsMixin(SQLBase):
                 self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
             else:
                 conn.execute(snapshots.delete().where(snapshots.c.run_id == lease.run_id))
-            conn.execute(
+            released = {} if result.lease_kept else {"lease_owner": None, "lease_expires_at": None}
+            result.now = conn.execute(
                 runs.update()
                 .where(runs.c.id == lease.run_id)
-                .values(
-                    last_seq=out.seq,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    dispatched_at=None,
-                    updated_at=now,
-                    **values,
-                )
-            )
-            if outcome is None and not result.runnable_again:
+                .values(last_seq=out.seq, dispatched_at=None, updated_at=now, **{**released, **values})
+                .returning(now.label("db_now"))
+            ).scalar()
+            if outcome is None and not result.runnable_again and not result.lease_kept:
                 result.next_wakeup_at = conn.execute(
                     sa.select(runs.c.next_wakeup_at).where(runs.c.id == lease.run_id)
                 ).scalar()
@@ -328,6 +339,46 @@ class StepsMixin(SQLBase):
             result.dispatches = dispatches
             result.inline_claim = inline_claim
             return result
+
+    def _record_inline_success(self, conn: sa.Connection, lease: Lease, done: CompletedAttempt, out: Appender) -> None:
+        """Complete an inline attempt and append its outcome, in the decision's transaction."""
+        claim = done.claim
+        kind, payload = task_outcome(claim.kind, "completed", done.result, None, claim.attempt)
+        seq = out.add(kind, done.command_id, claim.name, payload)
+        updated = conn.execute(
+            activity_tasks.update()
+            .where(
+                activity_tasks.c.id == claim.task_id,
+                activity_tasks.c.attempt == claim.attempt,
+                activity_tasks.c.state == "running",
+            )
+            .values(
+                state="completed",
+                result=dumps(done.result),
+                lease_expires_at=None,
+                outcome_seq=seq,
+                finished_at=self._now(),
+                updated_at=self._now(),
+            )
+        ).rowcount
+        if not updated:  # the sweep took the attempt back (it overran its timeout): this decision is void
+            raise LeaseLost(
+                f"run {lease.run_id}: inline attempt {claim.attempt} of {claim.name} is no longer this worker's",
+                run_id=lease.run_id,
+                token=lease.token,
+            )
+        if claim.idempotency_key:
+            conn.execute(
+                self._insert(activity_results)
+                .values(
+                    idempotency_key=claim.idempotency_key,
+                    activity=claim.name,
+                    result=dumps(done.result),
+                    run_id=claim.run_id,
+                    created_at=self._now(),
+                )
+                .on_conflict_do_nothing()
+            )
 
     def _earliest_timer(self, run_id: str) -> Any:
         return (

@@ -200,7 +200,8 @@ def test_two_worker_processes_on_one_queue_complete_every_run_once(stack: Stack)
 def test_a_step_longer_than_the_lease_ttl_keeps_its_lease(stack: Stack) -> None:
     stack.lease_ttl = 3.0
     stack.client()
-    worker = stack.worker(concurrency=2)  # an idle pool process would take an expired lease over
+    # Activities go through Celery here, so the claims below are one per step (inline ones keep a lease).
+    worker = stack.worker(concurrency=2, CONTINUUM_INLINE_ACTIVITIES="0")  # an idle pool process would take over
     beat = stack.beat()  # and the sweep would hand it the run
     handle = slow_step.start(2.5 * stack.lease_ttl)
 

@@ -151,7 +151,7 @@ def test_sql_cost_per_activity_step_does_not_grow_with_history(measured: tuple[C
         assert step50[0].transactions == 2 and step50[1].transactions == 2
 
 
-def test_inline_activity_steps_cost_three_commits_each(measured: tuple[Continuum, SQLCounter]) -> None:
+def test_inline_activity_steps_cost_one_commit_each(measured: tuple[Continuum, SQLCounter]) -> None:
     """A replay task that runs lone awaited activities itself: the whole run in one task, flat per step."""
     engine, counter = measured
     per_step = {}
@@ -166,13 +166,13 @@ def test_inline_activity_steps_cost_three_commits_each(measured: tuple[Continuum
             ).all()
         assert owners == [(engine.owner, 1)], "every activity ran in the replay task, on its first attempt"
         per_step[n] = cost
-    # One step = commit the decision (claiming the activity), record the attempt, claim the run again.
+    # One step = one transaction: the last attempt's result, the decision on it, the claim of the next attempt.
     short, long = per_step[5], per_step[LONG_RUN]
     extra = Cost(long.statements - short.statements, long.transactions - short.transactions, 0)
     steps = LONG_RUN - 5
     print(f"\ninline activities: {short} for 5 steps, {long} for {LONG_RUN} (statements / transactions / trips)")
     print(f"  per extra step: {extra.statements / steps:.1f} statements, {extra.transactions / steps:.1f} transactions")
-    assert extra.transactions == 3 * steps
+    assert extra.transactions == steps
     assert extra.statements % steps == 0, "every step costs the same number of statements"
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from continuum_celery.errors import LeaseLost
 from continuum_celery.events import Kind
-from continuum_celery.journal.base import Journal
+from continuum_celery.journal.base import CompletedAttempt, Inline, Journal
 
 from .support import ACTIVITY, activity, claim, replay, start
 
@@ -12,8 +15,14 @@ def test_the_inline_activity_is_claimed_by_the_lease_owner_and_not_dispatched(jo
     start(journal)
     step = claim(journal, owner="w1")
     result = journal.commit_step(
-        step.lease, [activity(1, 2, 3), activity(2, 4)], None, wake_seq=step.wake_seq, child_versions={}, inline=1
+        step.lease,
+        [activity(1, 2, 3), activity(2, 4)],
+        None,
+        wake_seq=step.wake_seq + 1,  # something else woke the run meanwhile: the lease is given back
+        child_versions={},
+        inline=Inline(1, 30.0),
     )
+    assert not result.lease_kept
     assert result.inline_claim is not None
     assert (result.inline_claim.task_id, result.inline_claim.attempt, result.inline_claim.args) == (
         "run-1:1",
@@ -40,3 +49,65 @@ def test_without_inline_every_activity_is_dispatched(journal: Journal) -> None:
     result = journal.commit_step(step.lease, [activity(1)], None, wake_seq=step.wake_seq, child_versions={})
     assert result.inline_claim is None
     assert [d.id for d in result.dispatches] == ["run-1:1"]
+
+
+def test_a_kept_lease_folds_the_attempt_result_into_the_next_decision(journal: Journal, state) -> None:  # type: ignore[no-untyped-def]
+    start(journal)
+    step = claim(journal, owner="w1")
+    first = journal.commit_step(
+        step.lease, [activity(1, 2)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1, 30.0)
+    )
+    assert first.lease_kept and first.inline_claim is not None and first.dispatches == []
+    assert journal.get_run("run-1").state == "running"
+    assert journal.begin_step("run-1", "w2", 30.0, 0) is None  # still held: nobody else steps it
+    second = journal.commit_step(
+        step.lease,
+        [activity(2, 3)],
+        None,
+        wake_seq=step.wake_seq,
+        child_versions={},
+        inline=Inline(2, 30.0),
+        completed=CompletedAttempt(first.inline_claim, 1, {"v": 2}),
+    )
+    assert second.lease_kept and second.inline_claim is not None
+    kinds = [(e.seq, e.kind, e.command_id) for e in journal.history("run-1")]
+    assert kinds[-3:] == [
+        (first.last_seq - 0, Kind.ACTIVITY_SCHEDULED, 1),
+        (first.last_seq + 1, Kind.ACTIVITY_COMPLETED, 1),
+        (first.last_seq + 2, Kind.ACTIVITY_SCHEDULED, 2),
+    ]
+    assert journal.history("run-1")[-2].payload == {"result": {"v": 2}, "attempts": 1}
+    # Folding an attempt that is no longer this owner's (already recorded) is refused, and writes nothing.
+    before = state()
+    with pytest.raises(LeaseLost):
+        journal.commit_step(
+            step.lease,
+            [],
+            None,
+            wake_seq=step.wake_seq,
+            child_versions={},
+            completed=CompletedAttempt(first.inline_claim, 1, {"v": 2}),
+        )
+    assert state() == before
+
+
+def test_a_fold_is_declined_when_input_reached_the_run_meanwhile(journal: Journal, state) -> None:  # type: ignore[no-untyped-def]
+    start(journal)
+    step = claim(journal, owner="w1")
+    first = journal.commit_step(
+        step.lease, [activity(1)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1, 30.0)
+    )
+    assert first.lease_kept and first.inline_claim is not None
+    journal.request_cancel("run-1")  # arrives while the attempt runs
+    before = state()
+    declined = journal.commit_step(
+        step.lease,
+        [activity(2)],
+        None,
+        wake_seq=step.wake_seq,
+        child_versions={},
+        inline=Inline(2, 30.0),
+        completed=CompletedAttempt(first.inline_claim, 1, 7),
+    )
+    assert declined.declined and declined.last_seq == first.last_seq
+    assert state() == before
