@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import LeaseLost, RunConflict
 from ..events import Kind, NewEvent
 from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
-from .base import Lease, NewRun
+from .base import ActivityClaim, Lease, NewRun
 
 #: States a run can be claimed from (when due and not parked).
 RUNNABLE = ("pending", "suspended")
@@ -115,6 +115,28 @@ def task_spec(cmd: NewEvent, default_timeout: float) -> TaskSpec:
         retry_policy=dict(retry),
         timeout=payload.get("timeout") or default_timeout,
         idempotency_key=(payload.get("idempotency_key") or None) if kind == "activity" else None,
+    )
+
+
+def claim_of(
+    spec: TaskSpec, task: str, run_id: str, cmd: NewEvent, workflow: str, trace_context: dict[str, str] | None
+) -> ActivityClaim:
+    """The first attempt of a task inserted already claimed (an inline attempt)."""
+    return ActivityClaim(
+        task_id=task,
+        run_id=run_id,
+        kind=spec.kind,
+        name=cmd.name or "",
+        args=list(spec.arguments.get("args", [])),
+        kwargs=dict(spec.arguments.get("kwargs", {})),
+        attempt=1,
+        max_attempts=spec.max_attempts,
+        retry_policy=dict(spec.retry_policy),
+        timeout=spec.timeout,
+        idempotency_key=spec.idempotency_key,
+        compensated_result=spec.arguments.get("result"),
+        workflow=workflow,
+        trace_context=dict(trace_context or {}),
     )
 
 

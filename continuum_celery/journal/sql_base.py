@@ -351,14 +351,12 @@ class Appender:
         )
         return self.seq
 
-    def flush(self, conn: sa.Connection, journal: SQLBase) -> None:
+    def flush(self, conn: sa.Connection, journal: SQLBase, *, set_last_seq: bool = True) -> None:
+        """Insert the events (stamped with the journal's clock); ``set_last_seq=False`` when the caller
+        updates the run row itself in the same transaction."""
         if not self.rows:
             return
-        now = _utcnow() if journal.is_sqlite else self.now
-        if now is None:
-            now = conn.execute(sa.select(sa.func.now())).scalar()
-        for row in self.rows:
-            row["created_at"] = now
-        conn.execute(events.insert(), self.rows)
-        conn.execute(runs.update().where(runs.c.id == self.run_id).values(last_seq=self.seq))
+        conn.execute(events.insert().values(created_at=journal._now()), self.rows)
+        if set_last_seq:
+            conn.execute(runs.update().where(runs.c.id == self.run_id).values(last_seq=self.seq))
         self.rows = []

@@ -31,9 +31,11 @@ from .base import (
 from .rules import (
     CHILD_OUTCOMES,
     SCHEDULE_KINDS,
+    TaskSpec,
     cancelled_task_outcome,
     child_outcome,
     child_run,
+    claim_of,
     continued_run,
     ending,
     task_id,
@@ -271,17 +273,15 @@ class StepsMixin(SQLBase):
                 seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
                 assert cmd.command_id is not None
                 if cmd.kind in SCHEDULE_KINDS:
-                    dispatch = self._schedule_task(conn, lease.run_id, cmd)
-                    if dispatch is None:
+                    # A cancel not yet journaled holds new work back: that activity goes the Celery way.
+                    here = inline is not None and cmd.command_id == inline.command_id and not row.cancel_requested_at
+                    spec, tid, stored = self._schedule_task(conn, lease.run_id, cmd, lease.owner if here else None)
+                    if stored:
                         immediate = True
-                    elif (
-                        inline is not None
-                        and cmd.command_id == inline.command_id
-                        and (claim := self._claim_task(conn, dispatch.id, 1, lease.owner))
-                    ):
-                        inline_claim = claim
+                    elif here:
+                        inline_claim = claim_of(spec, tid, lease.run_id, cmd, row.workflow, loads(row.trace_context))
                     else:
-                        dispatches.append(dispatch)
+                        dispatches.append(Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or ""))
                 elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
                     conn.execute(
                         timers.insert().values(
@@ -319,7 +319,7 @@ class StepsMixin(SQLBase):
                 dispatches += extra
                 result.finished_state = values["state"]
                 result.continued_run_id = values.pop("_continued", None)
-            out.flush(conn, self)
+            out.flush(conn, self, set_last_seq=False)  # the run row's update below sets last_seq
             if outcome is None:
                 self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
             else:
@@ -399,8 +399,11 @@ class StepsMixin(SQLBase):
         ).first()
         return found is not None
 
-    def _schedule_task(self, conn: sa.Connection, run_id: str, cmd: NewEvent) -> Dispatch | None:
-        """Insert the task row; None when an idempotency key already holds the result."""
+    def _schedule_task(
+        self, conn: sa.Connection, run_id: str, cmd: NewEvent, owner: str | None = None
+    ) -> tuple[TaskSpec, str, bool]:
+        """Insert the task row: scheduled, already running for ``owner`` (an inline attempt), or completed
+        from an idempotency key's stored result. Returns (spec, task id, whether the result was stored)."""
         spec = task_spec(cmd, self.activity_timeout)
         tid = task_id(run_id, cmd.command_id or 0)
         key = spec.idempotency_key
@@ -410,6 +413,8 @@ class StepsMixin(SQLBase):
                 sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == key)
             ).scalar()
         now = self._now()
+        state = "completed" if stored is not None else "scheduled" if owner is None else "running"
+        claimed = {"owner": owner, "lease_expires_at": self._after(spec.timeout or 0)} if state == "running" else {}
         conn.execute(
             activity_tasks.insert().values(
                 id=tid,
@@ -419,22 +424,21 @@ class StepsMixin(SQLBase):
                 name=cmd.name,
                 arguments=dumps(spec.arguments),
                 queue=spec.queue,
-                state="completed" if stored is not None else "scheduled",
+                state=state,
                 attempt=1,
                 max_attempts=spec.max_attempts,
                 retry_policy=dumps(spec.retry_policy),
                 timeout=spec.timeout,
                 idempotency_key=key,
                 result=stored,
-                dispatched_at=now,
+                dispatched_at=None if state == "running" else now,
                 created_at=now,
                 updated_at=now,
                 finished_at=now if stored is not None else None,
+                **claimed,
             )
         )
-        if stored is not None:
-            return None
-        return Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or "")
+        return spec, tid, stored is not None
 
     def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
         existing = conn.execute(sa.select(runs).where(runs.c.id == child.id)).first()
