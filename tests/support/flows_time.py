@@ -88,12 +88,23 @@ def effect_after_hold(key: str, hold: float) -> str:
     return key
 
 
+@activity(timeout=3)
+def quick_add(a: int, b: int) -> int:
+    """``add`` with a 3 s start-to-close timeout: an attempt lost with its worker is retried soon."""
+    return a + b
+
+
 @workflow(workflow="tests.time.hold_lease")
 def hold_lease(ctx, spec: dict) -> dict:
-    """Run an activity, then block the body (holding the run lease) the first time only."""
-    first = ctx.run(add, 2, 3)
+    """Run an activity, then block the body (holding the run lease) the first time only.
+
+    The activity may run inside the replay task and be journaled only with the step's next
+    commit; a worker killed during the hold then loses that attempt too, which is retried
+    once its (short) timeout expires.
+    """
+    first = ctx.run(quick_add, 2, 3)
     _hold_first_time(spec["id"], spec["hold"])
-    return {"first": first, "second": ctx.run(add, first, 1)}
+    return {"first": first, "second": ctx.run(quick_add, first, 1)}
 
 
 @workflow(workflow="tests.time.hold_activity")
