@@ -186,7 +186,10 @@ def test_cache_misses_replay_from_the_snapshot_to_the_same_result(clean_pg: str,
 
         assert result["seen"][:4] == [0, 0, -1, 1]  # tick(0), child_flow(0), patched, tick(1)
         assert result["signal"] == {"by": "test"} and result["token"] != result["uuid_again"]
-        assert steps and not any(s["cache_hit"] for s in steps)
+        # With no cache, every claim builds a fresh execution (steps that carry on inline, in the
+        # same task after an activity, keep theirs and load nothing).
+        claims = [s for s in steps if s["loaded"] > 0]
+        assert claims and not any(s["cache_hit"] for s in claims)
         assert max(s["snapshot_seq"] for s in steps) >= 40
         assert _snapshot_row(engine, run_id) is None, "a finished run keeps no snapshot"
 
@@ -220,8 +223,8 @@ def test_a_thousand_steps_replay_cost_stays_flat(clean_pg: str, redis_url: str) 
     hits = [s for s in steps if s["cache_hit"]]
     # Structural flatness: a cache hit feeds the engine only the new events, whatever the history length.
     early, late = hits[5:25], hits[-20:]
-    assert max(s["loaded"] for s in hits) <= 3
-    assert [s["loaded"] for s in early] == [s["loaded"] for s in late]
+    assert len(hits) >= 990 and max(s["loaded"] for s in hits) <= 3
+    assert max(s["loaded"] for s in early) <= 3 and max(s["loaded"] for s in late) <= 3
     # A cache miss reads the snapshot and at most about snapshot_every events after it.
     for k in pauses:
         assert not misses[k]["cache_hit"]
@@ -230,7 +233,7 @@ def test_a_thousand_steps_replay_cost_stays_flat(clean_pg: str, redis_url: str) 
 
     print(f"\nreplay cost per step, {len(steps)} steps, snapshot_every={every}")
     print("  window        hit: advance ms   step ms   events loaded")
-    windows = {"step ~10": hits[5:15], "step ~100": hits[95:105], "step ~1000": hits[-10:]}
+    windows = {"step ~10": hits[0:20], "step ~100": hits[90:110], "step ~1000": hits[-20:]}
     for label, window in windows.items():
         print(
             f"  {label:<12} {_median_ms([s['advance'] for s in window]):>16.3f} "
