@@ -120,7 +120,6 @@ class ActivityDefinition(Generic[P, R]):
 
         return register(fn) if fn is not None else register
 
-
     def __repr__(self) -> str:
         return f"<activity {self.name}>"
 

@@ -172,21 +172,47 @@ def marks(sql: Sql, prefix: str) -> list[list[str]]:
     ]
 
 
+def describe(sql: Sql, run_ids: Iterable[str]) -> list[str]:
+    """Where each run stands: its row, last events, unfinished tasks and timers (for failure messages)."""
+    lines = []
+    for run_id in run_ids:
+        row = sql(
+            "SELECT state, stuck_reason, lease_token, lease_owner, lease_expires_at, next_wakeup_at, dispatched_at, "
+            "wake_seq, last_seq, now() AS db_now FROM continuum_runs WHERE id = :r",
+            r=run_id,
+        )
+        events = sql("SELECT seq, kind, command_id FROM continuum_events WHERE run_id = :r ORDER BY seq", r=run_id)
+        tasks = sql(
+            "SELECT command_id, state, attempt, retry_at, dispatched_at, lease_expires_at FROM "
+            "continuum_activity_tasks WHERE run_id = :r AND state NOT IN ('completed', 'failed')",
+            r=run_id,
+        )
+        timers = sql(
+            "SELECT command_id, kind, state, fire_at FROM continuum_timers WHERE run_id = :r AND state = 'pending'",
+            r=run_id,
+        )
+        inbox = sql("SELECT name, consumed_seq FROM continuum_signals WHERE run_id = :r", r=run_id)
+        lines.append(
+            f"{run_id}: {dict(row[0]._mapping) if row else 'missing'}; events {[tuple(e) for e in events[-4:]]}; "
+            f"open tasks {[tuple(t) for t in tasks]}; pending timers {[tuple(t) for t in timers]}; "
+            f"signals {[tuple(i) for i in inbox]}"
+        )
+    return lines
+
+
 def wait_terminal(sql: Sql, run_ids: Iterable[str], timeout: float) -> None:
-    """Wait until every run in ``run_ids`` is terminal; fail naming the stragglers after ``timeout`` s."""
+    """Wait until every run in ``run_ids`` is terminal; fail describing the stragglers after ``timeout`` s."""
     ids = list(run_ids)
 
-    def left() -> list[Any]:
-        return sql(
-            "SELECT id, state, stuck_reason FROM continuum_runs WHERE id = ANY(:ids) AND state <> ALL(:ended)",
+    def left() -> list[str]:
+        ended = sql(
+            "SELECT id FROM continuum_runs WHERE id = ANY(:ids) AND state = ANY(:ended)",
             ids=ids,
             ended=list(TERMINAL_STATES),
         )
-
-    def done() -> bool:
-        return len(sql("SELECT id FROM continuum_runs WHERE id = ANY(:ids)", ids=ids)) == len(ids) and not left()
+        return sorted(set(ids) - {r.id for r in ended})
 
     try:
-        wait_until(done, timeout, f"{len(ids)} runs to end", interval=0.5)
+        wait_until(lambda: not left(), timeout, f"{len(ids)} runs to end", interval=0.5)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; still open: {[tuple(r) for r in left()[:10]]}") from None
+        raise AssertionError("\n".join([str(exc), *describe(sql, left()[:5])])) from None

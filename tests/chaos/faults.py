@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support.stack import Proc, Stack
+from tests.support.stack import Proc, Stack, wait_until
 
 
 class Phases:
@@ -19,6 +19,19 @@ class Phases:
         at = round(time.monotonic() - self.began, 1)
         self.timeline.append((label, at))
         print(f"[{self.name} +{at}s] {label}", flush=True)
+
+
+def start_workers(stack: Stack, *names: str) -> list[Proc]:
+    """Start one worker per name, all at once, and wait until every one has booted."""
+    procs = [stack.worker(name, wait=False) for name in names]
+
+    def booted() -> bool:
+        exited = [p for p in procs if p.popen.poll() is not None]
+        assert not exited, f"worker {exited[0].name} exited at boot:\n{exited[0].output()[-3000:]}"
+        return all("ready." in p.output() for p in procs)
+
+    wait_until(booted, 90, f"workers {', '.join(names)} to boot", interval=0.1)
+    return procs
 
 
 def signal_all(stack: Stack, run_ids: list[str], payload: object) -> None:

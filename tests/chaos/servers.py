@@ -135,9 +135,13 @@ class PrivatePostgres:
         self.directory = Path(tempfile.mkdtemp(prefix="continuum-chaos-pg-"))
         self.data = self.directory / "data"
         self.starts = 0
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        try:
+            if os.geteuid() == 0:
+                shutil.chown(self.directory, "postgres")
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        except (OSError, LookupError, RuntimeError) as exc:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise RuntimeError(f"cannot create a private PostgreSQL cluster: {exc}") from exc
 
     def _run(self, tool: str, *args: str) -> None:
         cmd = [str(self.bindir / tool), *args]
@@ -151,9 +155,11 @@ class PrivatePostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        # fsync=off only skips flushing the OS cache, which a crash of PostgreSQL alone (not of the
+        # machine) keeps. Commits stay synchronous: with synchronous_commit=off a crash would lose
+        # transactions the engine was told had committed, which no durable engine can survive.
         options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
         )
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.directory / "server.log"), "-w", "start"

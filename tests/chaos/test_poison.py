@@ -9,7 +9,7 @@ from continuum_celery import WorkflowFailed
 from tests.chaos.audit import audit, marks, wait_terminal
 from tests.chaos.faults import Phases
 from tests.support.flows_chaos import poisoned_flow, steps_flow
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Proc, Stack, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -44,11 +44,18 @@ def test_a_poison_activity_fails_its_run_after_exactly_five_attempts(chaos: Stac
         ids=others,
         t=failed_at,
     )[0].n
-    deaths = worker.output().count("exited with 'exitcode 1'")
+    # Each attempt took its process down with it; the worker logs each death (on its own schedule).
+    wait_until(lambda: _deaths(worker) >= 5, 30, "the worker to log five dead processes")
+    deaths = _deaths(worker)
     result = audit(chaos.sql, expected=[*others, "poison"])
+    print(f"run error: {failure.value}")
     print(f"process deaths={deaths} others done before the poison failed={early}/{OTHERS} {result.summary()}")
     result.assert_clean()
     assert result.states == {"completed": OTHERS, "failed": 1}
     assert early >= 1
     assert deaths == 5
     assert worker.popen.poll() is None  # the worker itself survived its children's deaths
+
+
+def _deaths(worker: Proc) -> int:
+    return worker.output().count("exited with 'exitcode 1'")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.chaos.audit import audit, wait_terminal
-from tests.chaos.faults import Phases, open_runs, replace_dead_workers, signal_all
+from tests.chaos.faults import Phases, open_runs, replace_dead_workers, signal_all, start_workers
 from tests.chaos.servers import PrivateRedis
 from tests.support.flows_chaos import outside_world_flow
 from tests.support.stack import Stack, wait_until
@@ -47,7 +47,7 @@ def _roles(stack: Stack, sizes: dict[str, int]) -> dict[str, int]:
 
 def test_runs_complete_after_redis_is_flushed_and_restarted(redis_chaos: Stack, private_redis: PrivateRedis) -> None:
     stack, phase = redis_chaos, Phases("redis")
-    originals = [stack.worker("redis-a"), stack.worker("redis-b")]
+    originals = start_workers(stack, "redis-a", "redis-b")
     workers = list(originals)
     stack.beat()
     waiters = [f"waiter-{i}" for i in range(PER_GROUP)]

@@ -4,11 +4,12 @@ Everything they record goes to the test database, so it survives the workers
 that the scenarios kill:
 
 * ``test_marks`` row ``exec|<key>|<attempt>``: one per execution of an activity
-  body, written before the effect. Two rows for one attempt would mean one
-  attempt ran twice (a duplicate delivery got through the claim).
+  body, committed with its effect (a held body writes it before holding). Two rows
+  for one attempt would mean one attempt ran twice (a duplicate got through the claim).
 * ``test_effects`` row ``<key>``: the effect itself, idempotent on its key.
 * ``test_marks`` row ``lease_lost|<run>|<token>|<worker>``: a worker whose write
   was fenced off (from the ``lease_lost`` telemetry event of that worker).
+* ``test_marks`` rows ``holding|<key>|<worker>`` and ``done|...``: a held body (below).
 
 A body can be told to hold (a window for the test to kill or freeze its
 process) until the test writes a ``release|<key>`` mark.
@@ -82,17 +83,20 @@ def _attempt_now() -> int:
 
 @activity(name="chaos.effect", retry=RetryPolicy(max_attempts=30, initial_interval=0.2, backoff=1.0), timeout=3)
 def chaos_effect(key: str, hold: bool = False) -> dict[str, Any]:
-    """Record its execution and apply the idempotent effect ``key``; with ``hold``, the first attempt
-    records its execution, then holds until released before applying the effect."""
+    """Record its execution and apply the idempotent effect ``key``.
+
+    With ``hold``, the first attempt records its execution, holds until released, then applies
+    the effect and marks ``done|<key>|<attempt>|<worker>``: it is about to report its result.
+    """
     attempt = _attempt_now()
-    execution = {"n": f"exec|{key}|{attempt}"}
-    if hold and first_to_claim(f"hold|{key}"):
-        mark(execution["n"])
-        execution = {}
+    execution = f"exec|{key}|{attempt}"
+    held = hold and first_to_claim(f"hold|{key}")
+    if held:
+        mark(execution)
         hold_until_released(key)
     with effects_engine().begin() as conn:
-        if execution:
-            conn.execute(sa.text("INSERT INTO test_marks (name) VALUES (:n)"), execution)
+        record = sa.text("INSERT INTO test_marks (name) VALUES (:n)")
+        conn.execute(record, {"n": f"done|{key}|{attempt}|{worker_name()}" if held else execution})
         conn.execute(sa.text("INSERT INTO test_effects (key) VALUES (:k) ON CONFLICT DO NOTHING"), {"k": key})
     return {"key": key, "attempt": attempt, "worker": worker_name()}
 
