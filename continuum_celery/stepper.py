@@ -61,6 +61,12 @@ class Stepper:
                 if execution is not None:
                     self.cache.put(run_id, execution)
                 return state
+            if execution is not None and execution.last_seq > start.run.last_seq:
+                # The journal is behind this process's memory (it lost commits it had acknowledged, e.g. a
+                # failover to a lagging replica): the journal is the truth, so replay it from the start.
+                execution.close()
+                execution = None
+                start.events = self.journal.history(run_id)
             self.dispatcher.send(start.dispatches)
             self._emit_outcomes(start)
             with tracing.span(

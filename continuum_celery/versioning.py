@@ -358,7 +358,7 @@ def check_compatible_with(hashes: object, target: str) -> tuple[str, ...]:
             'e.g. compatible_with=("3f2a9c0d1e4b5a67",).',
             target=target,
         )
-    bad = [h for h in hashes if not isinstance(h, str) or not _HASH_PATTERN.match(h)]
+    bad = [h for h in hashes if not isinstance(h, str) or not _HASH_PATTERN.fullmatch(h)]
     if bad:
         raise DefinitionError(
             f"{target}: compatible_with holds {bad!r}, which are not version hashes: use the "

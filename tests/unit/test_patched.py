@@ -202,3 +202,12 @@ def test_the_decorator_records_the_declaration() -> None:
 
     assert flow.compatible_with == (OLD_HASH, OTHER_HASH)
     assert registry.find("tests.patched.declared", OLD_HASH) is flow
+
+
+@pytest.mark.parametrize("hashes", [("3f2a9c0d1e4b5a67\n",), ("3F2A9C0D1E4B5A67",), ("3f2a9c0d1e4b5a6",)])
+def test_compatible_with_refuses_anything_but_exact_version_hashes(hashes: tuple[str, ...]) -> None:
+    from continuum_celery.versioning import check_compatible_with
+
+    with pytest.raises(DefinitionError, match="not version hashes"):
+        check_compatible_with(hashes, "tests.flow")
+    assert check_compatible_with(("3f2a9c0d1e4b5a67",), "tests.flow") == ("3f2a9c0d1e4b5a67",)
