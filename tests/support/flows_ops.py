@@ -7,12 +7,12 @@ Holding points are rows in ``test_marks``: an activity or a workflow step writes
 from __future__ import annotations
 
 import os
-import time
 
 import sqlalchemy as sa
 
 from continuum_celery import RetryPolicy, activity, workflow
 from tests.support.flows import effects_engine
+from tests.support.stack import wait_until
 
 #: Longest a holding activity or step waits before giving up on its own.
 HOLD_LIMIT = 120.0
@@ -52,13 +52,16 @@ def always_fails(reason: str) -> None:
     raise RuntimeError(reason)
 
 
+def _hold_until_released(key: str) -> None:
+    """Mark ``holding:<key>``, then wait (at most HOLD_LIMIT s) for the test to mark ``release:<key>``."""
+    _mark(f"holding:{key}")
+    wait_until(lambda: _marked(f"release:{key}"), HOLD_LIMIT, f"the release of {key}", interval=0.1)
+
+
 @activity(retry=RetryPolicy(max_attempts=5, initial_interval=0.5), timeout=HOLD_LIMIT + 30)
 def hold(key: str) -> str:
     """Mark ``holding:<key>`` and wait for ``release:<key>`` (a window to kill the worker)."""
-    _mark(f"holding:{key}")
-    deadline = time.monotonic() + HOLD_LIMIT
-    while not _marked(f"release:{key}") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _hold_until_released(key)
     return key
 
 
@@ -115,10 +118,7 @@ def holder(ctx, key: str) -> str:
 @workflow(workflow="ops.blocking_step")
 def blocking_step(ctx, key: str) -> str:
     """Holds its first replay step (and so the run's lease) until ``release:<key>`` is marked."""
-    _mark(f"holding:{key}")
-    deadline = time.monotonic() + HOLD_LIMIT
-    while not _marked(f"release:{key}") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _hold_until_released(key)
     return ctx.run(echo, key)
 
 
