@@ -325,16 +325,15 @@ class StepsMixin(SQLBase):
             else:
                 conn.execute(snapshots.delete().where(snapshots.c.run_id == lease.run_id))
             released = {} if result.lease_kept else {"lease_owner": None, "lease_expires_at": None}
-            result.now = conn.execute(
+            written = conn.execute(
                 runs.update()
                 .where(runs.c.id == lease.run_id)
                 .values(last_seq=out.seq, dispatched_at=None, updated_at=now, **{**released, **values})
-                .returning(now.label("db_now"))
-            ).scalar()
+                .returning(now.label("db_now"), runs.c.next_wakeup_at)
+            ).one()
+            result.now = written.db_now
             if outcome is None and not result.runnable_again and not result.lease_kept:
-                result.next_wakeup_at = conn.execute(
-                    sa.select(runs.c.next_wakeup_at).where(runs.c.id == lease.run_id)
-                ).scalar()
+                result.next_wakeup_at = written.next_wakeup_at
             result.last_seq = out.seq
             result.dispatches = dispatches
             result.inline_claim = inline_claim
