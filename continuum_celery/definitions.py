@@ -96,9 +96,7 @@ class ActivityDefinition(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
-    def compensate(
-        self, fn: Callable[..., Any] | None = None, /, *, retry: RetryPolicy | None = None
-    ) -> Any:
+    def compensate(self, fn: Callable[..., Any] | None = None, /, *, retry: RetryPolicy | None = None) -> Any:
         """Register the saga undo of this activity; it gets ``(result, *args, **kwargs)``.
 
         Works bare (``@charge.compensate``) or with options

@@ -53,6 +53,10 @@ class Stepper:
 
     def step(self, run_id: str) -> str:
         """Advance ``run_id`` as far as it can go now; return the run's state afterwards (or ``skipped``)."""
+        with self.journal.holding_connection():
+            return self._step(run_id)
+
+    def _step(self, run_id: str) -> str:
         state = "skipped"
         for _ in range(MAX_STEPS_PER_TASK):
             execution = self.cache.take(run_id)

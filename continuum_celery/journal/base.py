@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -221,6 +222,14 @@ class Journal(ABC):
         """The id of the run that continued ``run_id`` as new, if any."""
 
     # ---- steps -------------------------------------------------------------------------
+    def holding_connection(self) -> AbstractContextManager[None]:
+        """Run this thread's journal calls inside the block on one connection (a step loop's).
+
+        Saves a pool checkout and liveness check per transaction; adapters without
+        connections keep the default, which does nothing.
+        """
+        return nullcontext()
+
     @abstractmethod
     def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
         """Claim a runnable run, append the outcomes now available, return events after ``after_seq``.

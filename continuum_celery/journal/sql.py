@@ -55,16 +55,14 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
         try:
             with self.engine.begin() as conn:
-                existing = conn.execute(sa.select(runs).where(runs.c.id == run.id)).first()
+                existing = conn.execute(self.sql.run_by_id, {"p_run": run.id}).first()
                 if existing is not None:
                     return self._same_run(existing, run), False
-                self._insert_run(conn, run)
-                row = conn.execute(sa.select(runs).where(runs.c.id == run.id)).one()
-                return run_record(row), True
+                return run_record(self._insert_run(conn, run)), True
         except sa.exc.IntegrityError:
             # Two starts raced on one id: the other won; answer as for an existing run.
             with self.engine.connect() as conn:
-                row = conn.execute(sa.select(runs).where(runs.c.id == run.id)).one()
+                row = conn.execute(self.sql.run_by_id, {"p_run": run.id}).one()
             return self._same_run(row, run), False
 
     @staticmethod
@@ -76,7 +74,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
 
     def get_run(self, run_id: str) -> RunRecord:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            row = conn.execute(self.sql.run_by_id, {"p_run": run_id}).first()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}", run_id=run_id)
         return run_record(row)

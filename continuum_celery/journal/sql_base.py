@@ -7,9 +7,10 @@ a lease; SQLite, a single-machine default, uses the local clock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,12 +34,11 @@ from .base import (
 from .rules import RUNNABLE, lease_lost
 from .schema import (
     TERMINAL_STATES,
-    UTCDateTime,
     activity_tasks,
     check_schema,
-    events,
     runs,
 )
+from .sql_statements import Clock, StepStatements
 
 _RUNNABLE = RUNNABLE
 
@@ -75,10 +75,6 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
     return sa.create_engine(url, **kwargs)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def run_record(row: Any) -> RunRecord:
@@ -141,6 +137,9 @@ class SQLBase:
         self.engine = make_engine(url)
         self.snapshot_every = snapshot_every
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.clock = Clock(self.is_sqlite)
+        self.sql = StepStatements(self.clock)
+        self._held = threading.local()  # the connection a thread's step loop holds (holding_connection)
         self.activity_timeout = activity_timeout
         self.queue = queue
         if check:
@@ -151,58 +150,66 @@ class SQLBase:
                 raise
 
     def _now(self) -> Any:
-        return sa.literal(_utcnow(), UTCDateTime()) if self.is_sqlite else sa.func.now()
+        return self.clock.now
 
     def _after(self, seconds: float) -> Any:
-        if self.is_sqlite:
-            return sa.literal(_utcnow() + timedelta(seconds=seconds), UTCDateTime())
-        return sa.func.now() + sa.literal(timedelta(seconds=seconds), sa.Interval())
+        return self.clock.after(seconds)
 
     def _insert(self, table: sa.Table) -> Any:
         return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
 
     @contextmanager
+    def holding_connection(self) -> Iterator[None]:
+        if getattr(self._held, "conn", None) is not None:  # nested: the outer block holds one already
+            yield
+            return
+        with self.engine.connect() as conn:
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                self._held.conn = None
+
+    @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
+        held: sa.Connection | None = getattr(self._held, "conn", None)
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            if held is None:
+                with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with held.begin():
+                    yield held
         except sa.exc.IntegrityError as exc:
             raise JournalError(f"the journal refused a write: {exc.orig}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def _insert_run(self, conn: sa.Connection, run: NewRun) -> None:
-        now = self._now()
-        conn.execute(
-            runs.insert().values(
-                id=run.id,
-                workflow=run.workflow,
-                version_hash=run.version_hash,
-                version=run.version,
-                state="pending",
-                input=dumps(run.input),
-                next_wakeup_at=now,
-                dispatched_at=now,
-                last_seq=1,
-                parent_run_id=run.parent_run_id,
-                parent_command_id=run.parent_command_id,
-                correlation_id=run.correlation_id or run.id,
-                continued_from_run_id=run.continued_from_run_id,
-                trace_context=dumps(run.trace_context) if run.trace_context else None,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            events.insert().values(
-                run_id=run.id,
-                seq=1,
-                kind=Kind.RUN_STARTED.value,
-                payload=dumps({"input": run.input, "workflow": run.workflow, "version_hash": run.version_hash}),
-                created_at=now,
-            )
-        )
+    def _insert_run(self, conn: sa.Connection, run: NewRun) -> Any:
+        """Insert a pending run and its ``run_started`` event; return the run's row."""
+        row = conn.execute(
+            self.sql.insert_run,
+            {
+                "id": run.id,
+                "workflow": run.workflow,
+                "version_hash": run.version_hash,
+                "version": run.version,
+                "state": "pending",
+                "input": dumps(run.input),
+                "last_seq": 1,
+                "parent_run_id": run.parent_run_id,
+                "parent_command_id": run.parent_command_id,
+                "correlation_id": run.correlation_id or run.id,
+                "continued_from_run_id": run.continued_from_run_id,
+                "trace_context": dumps(run.trace_context) if run.trace_context else None,
+            },
+        ).one()
+        started = Appender(run.id, 0, None)
+        payload = {"input": run.input, "workflow": run.workflow, "version_hash": run.version_hash}
+        started.add(Kind.RUN_STARTED, None, None, payload)
+        started.flush(conn, self, set_last_seq=False)
+        return row
 
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
         """Note new input for a run; return a dispatch if nobody is about to look at it."""
@@ -240,13 +247,7 @@ class SQLBase:
         dispatches: list[Dispatch] = []
         level = [run_id]
         while level:
-            level = list(
-                conn.execute(
-                    sa.select(runs.c.id).where(runs.c.parent_run_id.in_(level), runs.c.state.not_in(TERMINAL_STATES))
-                )
-                .scalars()
-                .all()
-            )
+            level = list(conn.execute(self.sql.live_children, {"p_parents": level}).scalars().all())
             if not level:
                 break
             conn.execute(
@@ -258,7 +259,7 @@ class SQLBase:
         return dispatches
 
     def _locked_run(self, conn: sa.Connection, lease: Lease) -> Any:
-        row = conn.execute(sa.select(runs).where(runs.c.id == lease.run_id).with_for_update()).first()
+        row = conn.execute(self.sql.lock_run, {"p_run": lease.run_id}).first()
         if row is None or row.lease_token != lease.token or row.state != "running":
             raise lease_lost(lease, None if row is None else row.state, None if row is None else row.lease_token)
         return row
@@ -272,9 +273,7 @@ class SQLBase:
         return row
 
     def _events_after(self, conn: sa.Connection, run_id: str, after_seq: int) -> list[Event]:
-        rows = conn.execute(
-            sa.select(events).where(events.c.run_id == run_id, events.c.seq > after_seq).order_by(events.c.seq)
-        )
+        rows = conn.execute(self.sql.events_after, {"p_run": run_id, "p_after": after_seq})
         return [event_from_row(r) for r in rows]
 
     def _claim_task(self, conn: sa.Connection, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
@@ -356,7 +355,7 @@ class Appender:
         updates the run row itself in the same transaction."""
         if not self.rows:
             return
-        conn.execute(events.insert().values(created_at=journal._now()), self.rows)
+        conn.execute(journal.sql.insert_events, self.rows)
         if set_last_seq:
             conn.execute(runs.update().where(runs.c.id == self.run_id).values(last_seq=self.seq))
         self.rows = []

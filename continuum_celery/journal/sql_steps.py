@@ -29,7 +29,6 @@ from .base import (
     StepStart,
 )
 from .rules import (
-    CHILD_OUTCOMES,
     SCHEDULE_KINDS,
     TaskSpec,
     cancelled_task_outcome,
@@ -45,14 +44,12 @@ from .rules import (
 )
 from .schema import (
     activity_results,
-    activity_tasks,
     runs,
     signals,
     snapshots,
     timers,
 )
 from .sql_base import (
-    _RUNNABLE,
     Appender,
     SQLBase,
     run_record,
@@ -64,37 +61,19 @@ class StepsMixin(SQLBase):
 
     def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
         with self._tx() as conn:
-            now = self._now()
-            claimable = sa.or_(
-                sa.and_(
-                    runs.c.state.in_(_RUNNABLE),
-                    runs.c.stuck_reason.is_(None),
-                    runs.c.next_wakeup_at <= now,
-                ),
-                sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
-            )
-            row = conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, claimable)
-                .values(
-                    state="running",
-                    lease_token=runs.c.lease_token + 1,
-                    lease_owner=owner,
-                    lease_expires_at=self._after(ttl),
-                    dispatched_at=None,
-                    updated_at=now,
-                )
-                .returning(*runs.c, now.label("db_now"))
-            ).first()
+            row = conn.execute(self.sql.claim_run, {"p_run": run_id, "p_owner": owner, "p_ttl": ttl}).first()
             if row is None:
                 return None
             appender = Appender(run_id, row.last_seq, row.db_now)
-            dispatches = self._resolve(conn, row, appender)
-            appender.flush(conn, self)
-            self._maybe_snapshot(conn, run_id, row.last_seq, appender.seq)
+            dispatches: list[Dispatch] = []
+            # A run that has journaled no command yet (only run_started) has nothing to resolve but a cancel.
+            if row.last_seq > 1 or row.cancel_requested_at is not None:
+                dispatches = self._resolve(conn, row, appender)
+                appender.flush(conn, self)
+                self._maybe_snapshot(conn, run_id, row.last_seq, appender.seq)
             lease = Lease(run_id=run_id, token=row.lease_token, owner=owner)
             record = run_record(row)
-            loaded, snapshot_seq = self._replay_log(conn, run_id, after_seq)
+            loaded, snapshot_seq = self._replay_log(conn, run_id, after_seq, appender.seq)
             return StepStart(
                 lease=lease,
                 run=record,
@@ -105,18 +84,16 @@ class StepsMixin(SQLBase):
                 snapshot_seq=snapshot_seq,
             )
 
-    def _replay_log(self, conn: sa.Connection, run_id: str, after_seq: int) -> tuple[list[Event], int]:
+    def _replay_log(self, conn: sa.Connection, run_id: str, after_seq: int, last_seq: int) -> tuple[list[Event], int]:
         """Events after ``after_seq``; from scratch, the latest snapshot plus the events after it."""
-        if after_seq == 0:
+        if after_seq == 0 and last_seq >= self.snapshot_every:  # no snapshot before that many events
             snap = self._latest_snapshot(conn, run_id)
             if snap is not None:
                 return [*snap.events, *self._events_after(conn, run_id, snap.upto)], snap.upto
         return self._events_after(conn, run_id, after_seq), 0
 
     def _latest_snapshot(self, conn: sa.Connection, run_id: str) -> Snapshot | None:
-        state = conn.execute(
-            sa.select(snapshots.c.state).where(snapshots.c.run_id == run_id).order_by(snapshots.c.seq.desc()).limit(1)
-        ).scalar()
+        state = conn.execute(self.sql.latest_snapshot, {"p_run": run_id}).scalar()
         return decode_snapshot(state)
 
     def _maybe_snapshot(self, conn: sa.Connection, run_id: str, old_seq: int, new_seq: int) -> None:
@@ -138,24 +115,12 @@ class StepsMixin(SQLBase):
             out.add(Kind.CANCEL_REQUESTED, None, None, {})
             conn.execute(runs.update().where(runs.c.id == run.id).values(cancel_journaled=True))
             dispatches += self._cancel_pending(conn, run.id, out)
-        finished = conn.execute(
-            sa.select(activity_tasks)
-            .where(
-                activity_tasks.c.run_id == run.id,
-                activity_tasks.c.state.in_(("completed", "failed")),
-                activity_tasks.c.outcome_seq.is_(None),
-            )
-            .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
-        ).all()
+        finished = conn.execute(self.sql.finished_tasks, {"p_run": run.id}).all()
         for task in finished:
             kind, payload = task_outcome(task.kind, task.state, loads(task.result), loads(task.error), task.attempt)
             task_seq = out.add(kind, task.command_id, task.name, payload)
-            conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=task_seq))
-        pending = conn.execute(
-            sa.select(timers)
-            .where(timers.c.run_id == run.id, timers.c.state == "pending")
-            .order_by(timers.c.command_id)
-        ).all()
+            conn.execute(self.sql.task_outcome_seq, {"p_task": task.id, "p_seq": task_seq})
+        pending = conn.execute(self.sql.pending_timers, {"p_run": run.id}).all()
         inbox: list[Any] = []
         if any(t.kind == "signal" for t in pending):
             inbox = list(
@@ -188,22 +153,7 @@ class StepsMixin(SQLBase):
                     .where(timers.c.run_id == run.id, timers.c.command_id == timer.command_id)
                     .values(state="fired", outcome_seq=seq)
                 )
-        children = conn.execute(
-            sa.select(
-                runs.c.id,
-                runs.c.state,
-                runs.c.result,
-                runs.c.error,
-                runs.c.parent_command_id,
-                runs.c.workflow,
-            )
-            .where(
-                runs.c.parent_run_id == run.id,
-                runs.c.state.in_(tuple(CHILD_OUTCOMES)),
-                runs.c.reported_to_parent.is_(False),
-            )
-            .order_by(runs.c.updated_at, runs.c.id)
-        ).all()
+        children = conn.execute(self.sql.unreported_children, {"p_run": run.id}).all()
         for child in children:
             kind, payload = child_outcome(child.state, child.id, loads(child.result), loads(child.error))
             out.add(kind, child.parent_command_id, child.workflow, payload)
@@ -218,30 +168,13 @@ class StepsMixin(SQLBase):
         running now may finish, but it is not attempted again (see ``TasksMixin._may_retry``).
         """
         kinds = ("activity",) if out is not None else ("activity", "compensation")
-        conn.execute(
-            timers.update().where(timers.c.run_id == run_id, timers.c.state == "pending").values(state="cancelled")
-        )
-        unstarted = conn.execute(
-            activity_tasks.update()
-            .where(
-                activity_tasks.c.run_id == run_id,
-                activity_tasks.c.state == "scheduled",
-                activity_tasks.c.kind.in_(kinds),
-            )
-            .values(state="cancelled", updated_at=self._now(), finished_at=self._now())
-            .returning(
-                activity_tasks.c.id,
-                activity_tasks.c.command_id,
-                activity_tasks.c.name,
-                activity_tasks.c.kind,
-                activity_tasks.c.attempt,
-            )
-        ).all()
+        conn.execute(self.sql.cancel_timers, {"p_run": run_id})
+        unstarted = conn.execute(self.sql.cancel_unstarted, {"p_run": run_id, "p_kinds": kinds}).all()
         if out is not None:
             for task in unstarted:
                 kind, payload = cancelled_task_outcome(task.kind, task.attempt)
                 seq = out.add(kind, task.command_id, task.name, payload)
-                conn.execute(activity_tasks.update().where(activity_tasks.c.id == task.id).values(outcome_seq=seq))
+                conn.execute(self.sql.task_outcome_seq, {"p_task": task.id, "p_seq": seq})
         return self._cancel_descendants(conn, run_id)
 
     def commit_step(
@@ -306,15 +239,10 @@ class StepsMixin(SQLBase):
             result = StepResult(last_seq=out.seq)
             if outcome is None and inline is not None and inline_claim is not None:
                 result.lease_kept = not immediate and row.wake_seq == wake_seq
-            if result.lease_kept:
-                assert inline is not None
-                values: dict[str, Any] = {"state": "running", "lease_expires_at": self._after(inline.lease_ttl)}
-            elif outcome is None:
-                runnable = immediate or row.wake_seq != wake_seq
-                wakeup = now if runnable else self._earliest_timer(lease.run_id)
-                values = {"state": "suspended", "next_wakeup_at": wakeup}
-                result.runnable_again = runnable
-            else:
+            values: dict[str, Any] = {}
+            if outcome is None and not result.lease_kept:
+                result.runnable_again = immediate or row.wake_seq != wake_seq
+            elif outcome is not None:
                 values, extra = self._finish(conn, row, out, outcome, continue_version)
                 dispatches += extra
                 result.finished_state = values["state"]
@@ -323,14 +251,8 @@ class StepsMixin(SQLBase):
             if outcome is None:
                 self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
             else:
-                conn.execute(snapshots.delete().where(snapshots.c.run_id == lease.run_id))
-            released = {} if result.lease_kept else {"lease_owner": None, "lease_expires_at": None}
-            written = conn.execute(
-                runs.update()
-                .where(runs.c.id == lease.run_id)
-                .values(last_seq=out.seq, dispatched_at=None, updated_at=now, **{**released, **values})
-                .returning(now.label("db_now"), runs.c.next_wakeup_at)
-            ).one()
+                conn.execute(self.sql.drop_snapshots, {"p_run": lease.run_id})
+            written = conn.execute(*self._end_step(lease, result, out.seq, inline, values)).one()
             result.now = written.db_now
             if outcome is None and not result.runnable_again and not result.lease_kept:
                 result.next_wakeup_at = written.next_wakeup_at
@@ -339,26 +261,38 @@ class StepsMixin(SQLBase):
             result.inline_claim = inline_claim
             return result
 
+    def _end_step(
+        self, lease: Lease, result: StepResult, seq: int, inline: Inline | None, finish: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The run row's update that closes a step: keep the lease, suspend, or end (``finish``)."""
+        params: dict[str, Any] = {"p_run": lease.run_id, "p_seq": seq}
+        if result.lease_kept:
+            assert inline is not None
+            return self.sql.keep_lease, {**params, "p_ttl": inline.lease_ttl}
+        if result.finished_state is None:
+            return (self.sql.suspend_runnable if result.runnable_again else self.sql.suspend_until_timer), params
+        now = self._now()
+        statement = (
+            runs.update()
+            .where(runs.c.id == lease.run_id)
+            .values(last_seq=seq, dispatched_at=None, updated_at=now, lease_owner=None, lease_expires_at=None, **finish)
+            .returning(now.label("db_now"), runs.c.next_wakeup_at)
+        )
+        return statement, {}
+
     def _record_inline_success(self, conn: sa.Connection, lease: Lease, done: CompletedAttempt, out: Appender) -> None:
         """Complete an inline attempt and append its outcome, in the decision's transaction."""
         claim = done.claim
         kind, payload = task_outcome(claim.kind, "completed", done.result, None, claim.attempt)
         seq = out.add(kind, done.command_id, claim.name, payload)
         updated = conn.execute(
-            activity_tasks.update()
-            .where(
-                activity_tasks.c.id == claim.task_id,
-                activity_tasks.c.attempt == claim.attempt,
-                activity_tasks.c.state == "running",
-            )
-            .values(
-                state="completed",
-                result=dumps(done.result),
-                lease_expires_at=None,
-                outcome_seq=seq,
-                finished_at=self._now(),
-                updated_at=self._now(),
-            )
+            self.sql.complete_inline,
+            {
+                "p_task": claim.task_id,
+                "p_attempt": claim.attempt,
+                "p_result": dumps(done.result),
+                "p_seq": seq,
+            },
         ).rowcount
         if not updated:  # the sweep took the attempt back (it overran its timeout): this decision is void
             raise LeaseLost(
@@ -379,17 +313,6 @@ class StepsMixin(SQLBase):
                 .on_conflict_do_nothing()
             )
 
-    def _earliest_timer(self, run_id: str) -> Any:
-        return (
-            sa.select(sa.func.min(timers.c.fire_at))
-            .where(
-                timers.c.run_id == run_id,
-                timers.c.state == "pending",
-                timers.c.fire_at.is_not(None),
-            )
-            .scalar_subquery()
-        )
-
     def _has_signal(self, conn: sa.Connection, run_id: str, name: str) -> bool:
         found = conn.execute(
             sa.select(signals.c.id)
@@ -408,35 +331,30 @@ class StepsMixin(SQLBase):
         key = spec.idempotency_key
         stored = None
         if key:
-            stored = conn.execute(
-                sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == key)
-            ).scalar()
-        now = self._now()
+            stored = conn.execute(self.sql.stored_result, {"p_key": key}).scalar()
         state = "completed" if stored is not None else "scheduled" if owner is None else "running"
-        claimed = {"owner": owner, "lease_expires_at": self._after(spec.timeout or 0)} if state == "running" else {}
-        conn.execute(
-            activity_tasks.insert().values(
-                id=tid,
-                run_id=run_id,
-                command_id=cmd.command_id,
-                kind=spec.kind,
-                name=cmd.name,
-                arguments=dumps(spec.arguments),
-                queue=spec.queue,
-                state=state,
-                attempt=1,
-                max_attempts=spec.max_attempts,
-                retry_policy=dumps(spec.retry_policy),
-                timeout=spec.timeout,
-                idempotency_key=key,
-                result=stored,
-                dispatched_at=None if state == "running" else now,
-                created_at=now,
-                updated_at=now,
-                finished_at=now if stored is not None else None,
-                **claimed,
-            )
-        )
+        row = {
+            "id": tid,
+            "run_id": run_id,
+            "command_id": cmd.command_id,
+            "kind": spec.kind,
+            "name": cmd.name,
+            "arguments": dumps(spec.arguments),
+            "queue": spec.queue,
+            "state": state,
+            "attempt": 1,
+            "max_attempts": spec.max_attempts,
+            "retry_policy": dumps(spec.retry_policy),
+            "timeout": spec.timeout,
+            "idempotency_key": key,
+            "result": stored,
+        }
+        if state == "running":
+            conn.execute(self.sql.insert_running_task, {**row, "owner": owner, "p_timeout": spec.timeout or 0})
+        elif state == "scheduled":
+            conn.execute(self.sql.insert_task, row)
+        else:
+            conn.execute(self.sql.insert_task.values(finished_at=self._now()), row)
         return spec, tid, stored is not None
 
     def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
@@ -483,9 +401,9 @@ class StepsMixin(SQLBase):
         children) lock the parent first; a child that pokes its parent as it ends must take the
         locks in that same order, or the two transactions can deadlock.
         """
-        parent_id = conn.execute(sa.select(runs.c.parent_run_id).where(runs.c.id == run_id)).scalar()
+        parent_id = conn.execute(self.sql.parent_of, {"p_run": run_id}).scalar()
         if parent_id is not None:
-            conn.execute(sa.select(runs.c.id).where(runs.c.id == parent_id).with_for_update())
+            conn.execute(self.sql.lock_parent, {"p_parent": parent_id})
 
     def renew(self, lease: Lease, ttl: float) -> None:
         with self._tx() as conn:

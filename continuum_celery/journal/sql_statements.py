@@ -1,0 +1,193 @@
+"""The journal's clock in SQL, and the statements of the per-step path, built once.
+
+SQLAlchemy spends longer building a Core statement and computing its cache key
+than PostgreSQL spends running it (about 0.45 ms against 0.15 ms for a one-row
+UPDATE here). The statements every step runs are therefore built once per
+journal with bound parameters (``p_*``; task and event rows pass their columns
+by name), so executing one costs a cache lookup.
+
+The clock is the database's: ``now()`` on PostgreSQL; on SQLite the local
+clock as SQLite reads it, in the text form SQLAlchemy stores datetimes in, so
+stored and computed times compare as text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .rules import CHILD_OUTCOMES, RUNNABLE, TERMINAL
+from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, snapshots, timers
+
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now'{}) || '000'"
+
+
+class Clock:
+    """``now`` and ``now + seconds`` as SQL expressions of the journal's database."""
+
+    def __init__(self, is_sqlite: bool) -> None:
+        self.is_sqlite = is_sqlite
+        self.now: Any = sa.literal_column(_SQLITE_NOW.format(""), UTCDateTime()) if is_sqlite else sa.func.now()
+
+    def after(self, seconds: Any) -> Any:
+        """``now`` plus ``seconds`` (a number, or a ``bindparam`` of a number)."""
+        if not isinstance(seconds, sa.BindParameter):
+            seconds = sa.bindparam(None, float(seconds), type_=sa.Float())
+        if self.is_sqlite:
+            stamp = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", sa.func.printf("%+.6f seconds", seconds))
+            return sa.type_coerce(stamp.op("||")(sa.literal("000")), UTCDateTime())
+        return sa.func.now() + sa.literal_column("interval '1 second'") * seconds
+
+
+def _p(name: str, type_: Any = None) -> Any:
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+class StepStatements:
+    """Prebuilt statements of claiming, resolving and committing a step (see the module docstring)."""
+
+    def __init__(self, clock: Clock) -> None:
+        now, run_id = clock.now, _p("run")
+        claimable = sa.or_(
+            sa.and_(
+                runs.c.state.in_(RUNNABLE),
+                runs.c.stuck_reason.is_(None),
+                runs.c.next_wakeup_at <= now,
+            ),
+            sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
+        )
+        self.claim_run = (
+            runs.update()
+            .where(runs.c.id == run_id, claimable)
+            .values(
+                state="running",
+                lease_token=runs.c.lease_token + 1,
+                lease_owner=_p("owner"),
+                lease_expires_at=clock.after(_p("ttl", sa.Float())),
+                dispatched_at=None,
+                updated_at=now,
+            )
+            .returning(*runs.c, now.label("db_now"))
+        )
+        self.run_by_id = sa.select(runs).where(runs.c.id == run_id)
+        self.lock_run = self.run_by_id.with_for_update()
+        self.finished_tasks = (
+            sa.select(activity_tasks)
+            .where(
+                activity_tasks.c.run_id == run_id,
+                activity_tasks.c.state.in_(("completed", "failed")),
+                activity_tasks.c.outcome_seq.is_(None),
+            )
+            .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
+        )
+        self.task_outcome_seq = (
+            activity_tasks.update().where(activity_tasks.c.id == _p("task")).values(outcome_seq=_p("seq"))
+        )
+        self.pending_timers = (
+            sa.select(timers)
+            .where(timers.c.run_id == run_id, timers.c.state == "pending")
+            .order_by(timers.c.command_id)
+        )
+        self.unreported_children = (
+            sa.select(
+                runs.c.id,
+                runs.c.state,
+                runs.c.result,
+                runs.c.error,
+                runs.c.parent_command_id,
+                runs.c.workflow,
+            )
+            .where(
+                runs.c.parent_run_id == run_id,
+                runs.c.state.in_(tuple(CHILD_OUTCOMES)),
+                runs.c.reported_to_parent.is_(False),
+            )
+            .order_by(runs.c.updated_at, runs.c.id)
+        )
+        self.latest_snapshot = (
+            sa.select(snapshots.c.state).where(snapshots.c.run_id == run_id).order_by(snapshots.c.seq.desc()).limit(1)
+        )
+        self.parent_of = sa.select(runs.c.parent_run_id).where(runs.c.id == run_id)
+        self.lock_parent = sa.select(runs.c.id).where(runs.c.id == _p("parent")).with_for_update()
+        self.cancel_timers = (
+            timers.update().where(timers.c.run_id == run_id, timers.c.state == "pending").values(state="cancelled")
+        )
+        self.cancel_unstarted = (
+            activity_tasks.update()
+            .where(
+                activity_tasks.c.run_id == run_id,
+                activity_tasks.c.state == "scheduled",
+                activity_tasks.c.kind.in_(sa.bindparam("p_kinds", expanding=True)),
+            )
+            .values(state="cancelled", updated_at=now, finished_at=now)
+            .returning(
+                activity_tasks.c.id,
+                activity_tasks.c.command_id,
+                activity_tasks.c.name,
+                activity_tasks.c.kind,
+                activity_tasks.c.attempt,
+            )
+        )
+        self.live_children = sa.select(runs.c.id).where(
+            runs.c.parent_run_id.in_(sa.bindparam("p_parents", expanding=True)),
+            runs.c.state.not_in(TERMINAL),
+        )
+        self.drop_snapshots = snapshots.delete().where(snapshots.c.run_id == run_id)
+        self.events_after = (
+            sa.select(events).where(events.c.run_id == run_id, events.c.seq > _p("after")).order_by(events.c.seq)
+        )
+        self.insert_events = events.insert().values(created_at=now)
+        self.insert_run = (
+            runs.insert()
+            .values(next_wakeup_at=now, dispatched_at=now, created_at=now, updated_at=now)
+            .returning(*runs.c)
+        )
+        self.stored_result = sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == _p("key"))
+        # Task rows pass their columns by name; the times are the database's.
+        self.insert_task = activity_tasks.insert().values(dispatched_at=now, created_at=now, updated_at=now)
+        self.insert_running_task = activity_tasks.insert().values(
+            dispatched_at=None,
+            lease_expires_at=clock.after(_p("timeout", sa.Float())),
+            created_at=now,
+            updated_at=now,
+        )
+        self.complete_inline = (
+            activity_tasks.update()
+            .where(
+                activity_tasks.c.id == _p("task"),
+                activity_tasks.c.attempt == _p("attempt"),
+                activity_tasks.c.state == "running",
+            )
+            .values(
+                state="completed",
+                result=_p("result"),
+                lease_expires_at=None,
+                outcome_seq=_p("seq"),
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        ended = runs.update().where(runs.c.id == run_id).returning(now.label("db_now"), runs.c.next_wakeup_at)
+        self.keep_lease = ended.values(
+            state="running",
+            lease_expires_at=clock.after(_p("ttl", sa.Float())),
+            last_seq=_p("seq"),
+            dispatched_at=None,
+            updated_at=now,
+        )
+        earliest_timer = (
+            sa.select(sa.func.min(timers.c.fire_at))
+            .where(timers.c.run_id == run_id, timers.c.state == "pending", timers.c.fire_at.is_not(None))
+            .scalar_subquery()
+        )
+        suspended = {
+            "state": "suspended",
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_seq": _p("seq"),
+            "dispatched_at": None,
+            "updated_at": now,
+        }
+        self.suspend_runnable = ended.values(next_wakeup_at=now, **suspended)
+        self.suspend_until_timer = ended.values(next_wakeup_at=earliest_timer, **suspended)
