@@ -115,41 +115,46 @@ class Stepper:
                 saga=getattr(defn, "saga", False),
                 run_id=run.id,
             )
+        with self.renewer.hold(start.lease):  # from the claim to the last step taken under it
+            return self._decide(start, execution, rlog, began, cache_hit)
+
+    def _decide(
+        self, start: StepStart, execution: Execution, rlog: Any, began: float, cache_hit: bool
+    ) -> tuple[str, bool]:
+        """Replay, commit, and run lone activities inline for as long as the run stays this worker's."""
+        run = start.run
         events, now, loaded = start.events, start.now, len(start.events)
         completed: CompletedAttempt | None = None
         completed_attempt: AttemptResult | None = None
         while True:
-            with self.renewer.hold(start.lease):
-                try:
-                    advance_began = time.perf_counter()
-                    decision = execution.advance(events, now)
-                    advance_duration = time.perf_counter() - advance_began
-                except NondeterminismError as exc:
-                    telemetry.emit(
-                        "nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None)
-                    )
-                    rlog.error("%s", exc)
-                    if completed is not None:  # its effect happened: record it before parking the run
-                        self.journal.finish_activity(completed.claim, result=completed.result)
-                    self.journal.release(start.lease, stuck_reason="nondeterminism")
-                    return "suspended", False
-                cid = self._inline_candidate(decision)
-                inline = Inline(cid, self.lease_ttl) if cid is not None else None
-                try:
-                    result = self.journal.commit_step(
-                        start.lease,
-                        decision.commands,
-                        decision.outcome,
-                        wake_seq=start.wake_seq,
-                        child_versions=self._child_versions(decision),
-                        continue_version=self._continue_version(run.workflow, decision),
-                        inline=inline,
-                        completed=completed,
-                    )
-                except LeaseLost:
-                    execution.close()
-                    telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
-                    raise
+            try:
+                advance_began = time.perf_counter()
+                decision = execution.advance(events, now)
+                advance_duration = time.perf_counter() - advance_began
+            except NondeterminismError as exc:
+                telemetry.emit("nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None))
+                rlog.error("%s", exc)
+                if completed is not None:  # its effect happened: record it before parking the run
+                    self.journal.finish_activity(completed.claim, result=completed.result)
+                self.journal.release(start.lease, stuck_reason="nondeterminism")
+                return "suspended", False
+            cid = self._inline_candidate(decision)
+            inline = Inline(cid) if cid is not None else None
+            try:
+                result = self.journal.commit_step(
+                    start.lease,
+                    decision.commands,
+                    decision.outcome,
+                    wake_seq=start.wake_seq,
+                    child_versions=self._child_versions(decision),
+                    continue_version=self._continue_version(run.workflow, decision),
+                    inline=inline,
+                    completed=completed,
+                )
+            except LeaseLost:
+                execution.close()
+                telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
+                raise
             if result.declined and completed is not None:
                 # Input arrived while the attempt ran: record it plainly, and decide again once that input
                 # is resolved (a fresh replay: this execution already consumed the folded result).
@@ -179,7 +184,7 @@ class Stepper:
                 return result.finished_state, False
             if result.lease_kept and result.inline_claim is not None and cid is not None:
                 # The run is still ours: run the activity, then decide on its result in one transaction.
-                with self.renewer.hold(start.lease), activity_span(result.inline_claim):
+                with activity_span(result.inline_claim):
                     attempt = execute(result.inline_claim, self.owner, None, self.max_payload_bytes)
                 if attempt.error is not None:
                     self.cache.put(run.id, execution)

@@ -129,7 +129,7 @@ class StepResult:
     continued_run_id: str | None = None
     #: The attempt claimed for the caller to run itself (``commit_step(inline=...)``).
     inline_claim: ActivityClaim | None = None
-    #: The run stayed ``running`` under the caller's lease (renewed for ``Inline.lease_ttl``).
+    #: The run stayed ``running`` under the caller's lease, its expiry untouched (the caller renews it).
     lease_kept: bool = False
     #: The journal's clock at the commit (the next decision's ``now`` when the lease was kept).
     now: datetime | None = None
@@ -163,7 +163,6 @@ class Inline:
     """Ask ``commit_step`` to claim one scheduled activity for the lease owner to run itself."""
 
     command_id: int
-    lease_ttl: float
 
 
 @dataclass(frozen=True)

@@ -168,16 +168,13 @@ class MemorySteps(MemoryTables):
                 and not immediate
                 and run.wake_seq == wake_seq
             )
-            if result.lease_kept:
-                assert inline is not None
-                run.lease_expires_at = now + timedelta(seconds=inline.lease_ttl)
-            elif outcome is None:
+            if outcome is None and not result.lease_kept:  # a kept lease stays as it is: its owner renews it
                 result.runnable_again = immediate or run.wake_seq != wake_seq
                 run.state = "suspended"
                 run.next_wakeup_at = now if result.runnable_again else self._earliest_timer(run.id)
                 result.next_wakeup_at = None if result.runnable_again else run.next_wakeup_at
                 self._maybe_snapshot(run, old_seq)
-            else:
+            elif outcome is not None:
                 dispatches += self._finish(run, outcome, continue_version, now)
                 result.finished_state = run.state
                 result.continued_run_id = ending(run.id, outcome).next_run_id

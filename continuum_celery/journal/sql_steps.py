@@ -252,7 +252,7 @@ class StepsMixin(SQLBase):
                 self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
             else:
                 conn.execute(self.sql.drop_snapshots, {"p_run": lease.run_id})
-            written = conn.execute(*self._end_step(lease, result, out.seq, inline, values)).one()
+            written = conn.execute(*self._end_step(lease, result, out.seq, values)).one()
             result.now = written.db_now
             if outcome is None and not result.runnable_again and not result.lease_kept:
                 result.next_wakeup_at = written.next_wakeup_at
@@ -262,13 +262,12 @@ class StepsMixin(SQLBase):
             return result
 
     def _end_step(
-        self, lease: Lease, result: StepResult, seq: int, inline: Inline | None, finish: dict[str, Any]
+        self, lease: Lease, result: StepResult, seq: int, finish: dict[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
         """The run row's update that closes a step: keep the lease, suspend, or end (``finish``)."""
         params: dict[str, Any] = {"p_run": lease.run_id, "p_seq": seq}
         if result.lease_kept:
-            assert inline is not None
-            return self.sql.keep_lease, {**params, "p_ttl": inline.lease_ttl}
+            return self.sql.keep_lease, params
         if result.finished_state is None:
             return (self.sql.suspend_runnable if result.runnable_again else self.sql.suspend_until_timer), params
         now = self._now()

@@ -229,3 +229,23 @@ def test_a_step_longer_than_the_lease_ttl_keeps_its_lease(stack: Stack) -> None:
     assert lease().lease_token == 3
     logs = worker.output() + beat.output()
     assert "lease_lost" not in logs and "LeaseLost" not in logs
+
+
+def test_inline_steps_that_together_outlast_the_lease_ttl_keep_one_lease(stack: Stack) -> None:
+    """Steps that keep their lease leave its expiry alone: the renewer alone must carry it past the TTL."""
+    stack.lease_ttl = 3.0
+    stack.client()
+    worker = stack.worker(concurrency=2)  # an idle pool process would take over an expired lease
+    beat = stack.beat()  # and the sweep would hand it the run
+    spec = {"id": "long-held", "steps": 6, "hold": 0.8}  # each step short, 4.8 s together
+    handle = effects_flow.start(spec)
+    assert handle.result(timeout=90) == [f"long-held:{i}" for i in range(6)]
+
+    (run,) = stack.sql("SELECT lease_token FROM continuum_runs WHERE id = :r", r=handle.id)
+    assert run.lease_token == 1, "one claim ran every step; a takeover would have added one"
+    tasks = stack.sql("SELECT DISTINCT attempt FROM continuum_activity_tasks WHERE run_id = :r", r=handle.id)
+    assert [t.attempt for t in tasks] == [1]
+    assert len(stack.sql("SELECT key FROM test_effects WHERE key LIKE 'long-held:%'")) == 6
+    _history_ok(stack, handle.id)
+    logs = worker.output() + beat.output()
+    assert "lease_lost" not in logs and "LeaseLost" not in logs

@@ -20,7 +20,7 @@ def test_the_inline_activity_is_claimed_by_the_lease_owner_and_not_dispatched(jo
         None,
         wake_seq=step.wake_seq + 1,  # something else woke the run meanwhile: the lease is given back
         child_versions={},
-        inline=Inline(1, 30.0),
+        inline=Inline(1),
     )
     assert not result.lease_kept
     assert result.inline_claim is not None
@@ -55,7 +55,7 @@ def test_a_kept_lease_folds_the_attempt_result_into_the_next_decision(journal: J
     start(journal)
     step = claim(journal, owner="w1")
     first = journal.commit_step(
-        step.lease, [activity(1, 2)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1, 30.0)
+        step.lease, [activity(1, 2)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1)
     )
     assert first.lease_kept and first.inline_claim is not None and first.dispatches == []
     assert journal.get_run("run-1").state == "running"
@@ -66,7 +66,7 @@ def test_a_kept_lease_folds_the_attempt_result_into_the_next_decision(journal: J
         None,
         wake_seq=step.wake_seq,
         child_versions={},
-        inline=Inline(2, 30.0),
+        inline=Inline(2),
         completed=CompletedAttempt(first.inline_claim, 1, {"v": 2}),
     )
     assert second.lease_kept and second.inline_claim is not None
@@ -95,7 +95,7 @@ def test_a_fold_is_declined_when_input_reached_the_run_meanwhile(journal: Journa
     start(journal)
     step = claim(journal, owner="w1")
     first = journal.commit_step(
-        step.lease, [activity(1)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1, 30.0)
+        step.lease, [activity(1)], None, wake_seq=step.wake_seq, child_versions={}, inline=Inline(1)
     )
     assert first.lease_kept and first.inline_claim is not None
     journal.request_cancel("run-1")  # arrives while the attempt runs
@@ -106,7 +106,7 @@ def test_a_fold_is_declined_when_input_reached_the_run_meanwhile(journal: Journa
         None,
         wake_seq=step.wake_seq,
         child_versions={},
-        inline=Inline(2, 30.0),
+        inline=Inline(2),
         completed=CompletedAttempt(first.inline_claim, 1, 7),
     )
     assert declined.declined and declined.last_seq == first.last_seq
