@@ -20,6 +20,7 @@ from .rules import (
     child_run,
     continued_run,
     ending,
+    orphaned_attempt_error,
     task_id,
     task_outcome,
     task_spec,
@@ -57,6 +58,14 @@ class MemorySteps(MemoryTables):
     def _resolve(self, run: RunRow, now: datetime) -> list[Dispatch]:
         """Append every outcome now available to the claimed run, in the SQL journal's order."""
         dispatches: list[Dispatch] = []
+        orphaned = [
+            t
+            for t in self._tasks.values()
+            if t.run_id == run.id and t.state == "running" and (t.run_lease_token or run.lease_token) < run.lease_token
+        ]
+        for task in orphaned:  # inline attempts of a lease this claim replaced (see the SQL journal)
+            error = orphaned_attempt_error(task.attempt, task.owner, run.id)
+            dispatches += self._fail_attempt(task, error, True, now, wake_run=False).dispatches
         if run.cancel_requested_at is not None and not run.cancel_journaled:
             self._append(run, Kind.CANCEL_REQUESTED, None, None, {})
             run.cancel_journaled = True
@@ -144,6 +153,8 @@ class MemorySteps(MemoryTables):
                     immediate = immediate or dispatch is None
                     here = dispatch is not None and inline is not None and cmd.command_id == inline.command_id
                     claim = self._claim_locked(dispatch.id, 1, lease.owner) if dispatch and here else None
+                    if claim is not None:
+                        self._tasks[claim.task_id].run_lease_token = lease.token
                     inline_claim = claim or inline_claim
                     dispatches += [dispatch] if dispatch and claim is None else []
                 elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):

@@ -84,6 +84,8 @@ class TaskRow:
     dispatched_at: datetime | None = None
     lease_expires_at: datetime | None = None
     owner: str | None = None
+    #: The run lease an inline attempt runs under (None for a continuum.activity attempt).
+    run_lease_token: int | None = None
     result: Any = None
     error: Any = None
     outcome_seq: int | None = None
@@ -185,7 +187,10 @@ class MemoryTables:
             trace_context=dict(run.trace_context),
         )
 
-    def _fail_attempt(self, task: TaskRow, error: dict[str, Any], retryable: bool, now: datetime) -> ActivityOutcome:
+    def _fail_attempt(
+        self, task: TaskRow, error: dict[str, Any], retryable: bool, now: datetime, *, wake_run: bool = True
+    ) -> ActivityOutcome:
+        """Retry the attempt by its policy, or fail the task and wake its run (unless the caller holds it)."""
         task.error, task.lease_expires_at, task.updated_at = roundtrip(error), None, now
         if retryable and task.attempt < task.spec.max_attempts and self._may_retry(task):
             task.retry_at = now + timedelta(seconds=retry_delay(task.spec.retry_policy, task.attempt))
@@ -193,7 +198,7 @@ class MemoryTables:
             task.attempt += 1
             return ActivityOutcome("retry", [dataclasses.replace(attempt_of(task), due=task.retry_at)])
         task.state, task.finished_at = "failed", now
-        return ActivityOutcome("failed", self._poke(task.run_id, now))
+        return ActivityOutcome("failed", self._poke(task.run_id, now) if wake_run else [])
 
     def _may_retry(self, task: TaskRow) -> bool:
         """Not once the run ended, nor an activity a cancel overtook (cleanup scheduled after it keeps retrying)."""

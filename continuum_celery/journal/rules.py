@@ -75,6 +75,16 @@ def attempt_timeout_error(attempt: int, timeout: float | None, owner: str | None
     }
 
 
+def orphaned_attempt_error(attempt: int, owner: str | None, run_id: str) -> dict[str, Any]:
+    """The error recorded when a claim finds an inline attempt whose replay task lost the run's lease."""
+    return {
+        "type": "ActivityTimeout",
+        "module": "continuum_celery.errors",
+        "message": f"attempt {attempt} ran inside a replay task of run {run_id} whose lease expired "
+        f"(the worker {owner} died or stalled)",
+    }
+
+
 def child_outcome(state: str, run_id: str, result: Any, error: Any) -> tuple[Kind, dict[str, Any]]:
     """The outcome event (kind, payload) a parent gets when its child ends ``state``."""
     return CHILD_OUTCOMES[state], {"run_id": run_id, "result": result, "error": error}

@@ -125,6 +125,8 @@ activity_tasks = sa.Table(
     sa.Column("dispatched_at", _ts),
     sa.Column("lease_expires_at", _ts),
     sa.Column("owner", sa.String(200)),
+    # The run lease an inline attempt runs under (it dies with it); NULL for a continuum.activity attempt.
+    sa.Column("run_lease_token", sa.BigInteger),
     sa.Column("result", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("outcome_seq", sa.Integer),

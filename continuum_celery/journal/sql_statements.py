@@ -98,6 +98,16 @@ class StepStatements:
             )
             .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
         )
+        # Inline attempts of an earlier lease on the run: their replay task is gone (see _resolve).
+        self.orphaned_attempts = (
+            sa.select(activity_tasks)
+            .where(
+                activity_tasks.c.run_id == run_id,
+                activity_tasks.c.state == "running",
+                activity_tasks.c.run_lease_token < _p("token"),
+            )
+            .with_for_update(skip_locked=True)
+        )
         self.task_outcome_seq = (
             activity_tasks.update().where(activity_tasks.c.id == _p("task")).values(outcome_seq=_p("seq"))
         )

@@ -37,6 +37,7 @@ from .rules import (
     claim_of,
     continued_run,
     ending,
+    orphaned_attempt_error,
     task_id,
     task_outcome,
     task_spec,
@@ -51,12 +52,12 @@ from .schema import (
 )
 from .sql_base import (
     Appender,
-    SQLBase,
     run_record,
 )
+from .sql_tasks import TasksMixin
 
 
-class StepsMixin(SQLBase):
+class StepsMixin(TasksMixin):
     """begin_step / commit_step and the lease operations."""
 
     def begin_step(self, run_id: str, owner: str, ttl: float, after_seq: int) -> StepStart | None:
@@ -111,6 +112,12 @@ class StepsMixin(SQLBase):
     def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
         """Append every outcome that is now available to the claimed run."""
         dispatches: list[Dispatch] = []
+        # An inline attempt lives as long as the lease it ran under: this claim replaced that lease, so
+        # retry the attempt now rather than after its start-to-close timeout. A row its old holder is
+        # finishing this instant is locked: skipped, that finish records it.
+        for task in conn.execute(self.sql.orphaned_attempts, {"p_run": run.id, "p_token": run.lease_token}).all():
+            error = orphaned_attempt_error(task.attempt, task.owner, run.id)
+            dispatches += self._fail_attempt(conn, task, error, retryable=True, wake_run=False).dispatches
         if run.cancel_requested_at is not None and not run.cancel_journaled:
             out.add(Kind.CANCEL_REQUESTED, None, None, {})
             conn.execute(runs.update().where(runs.c.id == run.id).values(cancel_journaled=True))
@@ -208,7 +215,7 @@ class StepsMixin(SQLBase):
                 if cmd.kind in SCHEDULE_KINDS:
                     # A cancel not yet journaled holds new work back: that activity goes the Celery way.
                     here = inline is not None and cmd.command_id == inline.command_id and not row.cancel_requested_at
-                    spec, tid, stored = self._schedule_task(conn, lease.run_id, cmd, lease.owner if here else None)
+                    spec, tid, stored = self._schedule_task(conn, lease.run_id, cmd, lease if here else None)
                     if stored:
                         immediate = True
                     elif here:
@@ -321,9 +328,9 @@ class StepsMixin(SQLBase):
         return found is not None
 
     def _schedule_task(
-        self, conn: sa.Connection, run_id: str, cmd: NewEvent, owner: str | None = None
+        self, conn: sa.Connection, run_id: str, cmd: NewEvent, held_by: Lease | None = None
     ) -> tuple[TaskSpec, str, bool]:
-        """Insert the task row: scheduled, already running for ``owner`` (an inline attempt), or completed
+        """Insert the task row: scheduled, already running under ``held_by`` (an inline attempt), or completed
         from an idempotency key's stored result. Returns (spec, task id, whether the result was stored)."""
         spec = task_spec(cmd, self.activity_timeout)
         tid = task_id(run_id, cmd.command_id or 0)
@@ -331,7 +338,7 @@ class StepsMixin(SQLBase):
         stored = None
         if key:
             stored = conn.execute(self.sql.stored_result, {"p_key": key}).scalar()
-        state = "completed" if stored is not None else "scheduled" if owner is None else "running"
+        state = "completed" if stored is not None else "scheduled" if held_by is None else "running"
         row = {
             "id": tid,
             "run_id": run_id,
@@ -348,8 +355,9 @@ class StepsMixin(SQLBase):
             "idempotency_key": key,
             "result": stored,
         }
-        if state == "running":
-            conn.execute(self.sql.insert_running_task, {**row, "owner": owner, "p_timeout": spec.timeout or 0})
+        if held_by is not None and state == "running":
+            inline = {"owner": held_by.owner, "run_lease_token": held_by.token, "p_timeout": spec.timeout or 0}
+            conn.execute(self.sql.insert_running_task, {**row, **inline})
         elif state == "scheduled":
             conn.execute(self.sql.insert_task, row)
         else:

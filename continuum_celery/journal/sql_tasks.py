@@ -85,7 +85,10 @@ class TasksMixin(SQLBase):
                 return ActivityOutcome("completed", [poke] if poke else [])
             return self._fail_attempt(conn, row, error, retryable)
 
-    def _fail_attempt(self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool) -> ActivityOutcome:
+    def _fail_attempt(
+        self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool, *, wake_run: bool = True
+    ) -> ActivityOutcome:
+        """Retry the attempt by its policy, or fail the task and wake its run (unless the caller holds it)."""
         policy = loads(row.retry_policy)
         if retryable and row.attempt < row.max_attempts and self._may_retry(conn, row):
             delay = retry_delay(policy, row.attempt)
@@ -127,7 +130,7 @@ class TasksMixin(SQLBase):
                 updated_at=self._now(),
             )
         )
-        poke = self._poke(conn, row.run_id)
+        poke = self._poke(conn, row.run_id) if wake_run else None
         return ActivityOutcome("failed", [poke] if poke else [])
 
     def _may_retry(self, conn: sa.Connection, task: Any) -> bool:

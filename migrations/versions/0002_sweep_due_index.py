@@ -7,7 +7,7 @@ so every sweep read it again and dropped it. The sweep's query already asks for
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22
+Create Date: 2026-11-21
 """
 
 import sqlalchemy as sa

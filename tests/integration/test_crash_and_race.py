@@ -73,6 +73,38 @@ def test_a_worker_killed_mid_activity_is_replaced_and_the_effect_happens_once(st
     assert len(stack.sql("SELECT key FROM test_effects")) == 1
 
 
+def test_an_inline_attempt_dies_with_its_run_lease_not_its_timeout(stack: Stack) -> None:
+    """A replay task killed while it runs an activity inline: the next claim retries the attempt at once.
+
+    The activity's start-to-close timeout is 600 s; only the run's lease (a few seconds here)
+    can bring the attempt back within the result's 90 s.
+    """
+    stack.lease_ttl = 3.0
+    stack.client()
+    first = stack.worker()
+    stack.beat()
+    spec = {"id": "orphan", "steps": 1, "hold": 30.0, "patient": True}  # the first attempt holds 30 s
+    handle = effects_flow.start(spec)
+
+    def holding() -> int:
+        return len(stack.sql("SELECT id FROM test_marks WHERE name = 'holding:orphan:0'"))
+
+    wait_until(holding, 60, "the activity to start holding")
+    (task,) = stack.sql("SELECT run_lease_token, owner FROM continuum_activity_tasks WHERE run_id = :r", r=handle.id)
+    assert task.run_lease_token == 1, "the attempt runs inline, under the run's first lease"
+    first.kill()
+    stack.worker()
+    assert handle.result(timeout=90) == ["orphan:0"]
+
+    (retried,) = stack.sql(
+        "SELECT attempt, error FROM continuum_activity_tasks WHERE run_id = :r AND command_id = 1", r=handle.id
+    )
+    assert retried.attempt == 2
+    assert "lease expired" in retried.error and task.owner in retried.error
+    assert [r.key for r in stack.sql("SELECT key FROM test_effects WHERE key LIKE 'orphan:%'")] == ["orphan:0"]
+    _history_ok(stack, handle.id)
+
+
 # ---- two workers racing at the journal level -----------------------------------------------------
 
 
