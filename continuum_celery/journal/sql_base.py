@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..config import DEFAULT_SNAPSHOT_EVERY
 from ..errors import (
     JournalError,
+    LeaseLost,
     RunFinished,
     RunNotFound,
 )
@@ -263,6 +264,11 @@ class SQLBase:
         if row is None or row.lease_token != lease.token or row.state != "running":
             raise lease_lost(lease, None if row is None else row.state, None if row is None else row.lease_token)
         return row
+
+    def _lease_lost(self, conn: sa.Connection, lease: Lease) -> LeaseLost:
+        """The LeaseLost for a write under ``lease``, naming what holds the run now."""
+        row = conn.execute(self.sql.run_by_id, {"p_run": lease.run_id}).first()
+        return lease_lost(lease, None if row is None else row.state, None if row is None else row.lease_token)
 
     def _open_run(self, conn: sa.Connection, run_id: str, action: str) -> Any:
         row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).first()

@@ -72,22 +72,28 @@ class StepStatements:
         )
         self.run_by_id = sa.select(runs).where(runs.c.id == run_id)
         # What a commit reads of the run it holds (fewer columns: less to describe and decode per step).
-        self.lock_run = (
-            sa.select(
-                runs.c.id,
-                runs.c.workflow,
-                runs.c.state,
-                runs.c.lease_token,
-                runs.c.wake_seq,
-                runs.c.last_seq,
-                runs.c.cancel_requested_at,
-                runs.c.trace_context,
-                runs.c.correlation_id,
-                runs.c.parent_run_id,
-                runs.c.parent_command_id,
-            )
-            .where(runs.c.id == run_id)
-            .with_for_update()
+        held = (
+            runs.c.id,
+            runs.c.workflow,
+            runs.c.state,
+            runs.c.lease_token,
+            runs.c.wake_seq,
+            runs.c.last_seq,
+            runs.c.cancel_requested_at,
+            runs.c.trace_context,
+            runs.c.correlation_id,
+            runs.c.parent_run_id,
+            runs.c.parent_command_id,
+        )
+        self.lock_run = sa.select(*held).where(runs.c.id == run_id).with_for_update()
+        # A commit's first statement: lock the run, check the caller's token, and move last_seq past the
+        # events the commit appends (their number is known up front). When the lease is kept it is also
+        # the run row's only write; it leaves indexed columns alone, so the update stays in place (HOT).
+        self.take_run = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.lease_token == _p("token"), runs.c.state == "running")
+            .values(last_seq=runs.c.last_seq + _p("appended"), dispatched_at=None, updated_at=now)
+            .returning(*held, now.label("db_now"))
         )
         self.finished_tasks = (
             sa.select(activity_tasks)
@@ -196,13 +202,6 @@ class StepStatements:
             )
         )
         ended = runs.update().where(runs.c.id == run_id).returning(now.label("db_now"), runs.c.next_wakeup_at)
-        # Keeping the lease leaves state and lease_expires_at alone (the owner's renewer extends it), so
-        # PostgreSQL can update the row in place (HOT): no new index entries, a third less WAL per step.
-        self.keep_lease = ended.values(
-            last_seq=_p("seq"),
-            dispatched_at=None,
-            updated_at=now,
-        )
         earliest_timer = (
             sa.select(sa.func.min(timers.c.fire_at))
             .where(timers.c.run_id == run_id, timers.c.state == "pending", timers.c.fire_at.is_not(None))

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import (
+    JournalError,
     LeaseLost,
     RunConflict,
 )
@@ -55,6 +56,14 @@ from .sql_base import (
     run_record,
 )
 from .sql_tasks import TasksMixin
+
+
+class _Declined(Exception):
+    """Raised inside a commit to roll it back when a folded attempt must be recorded on its own."""
+
+    def __init__(self, last_seq: int) -> None:
+        super().__init__(last_seq)
+        self.last_seq = last_seq
 
 
 class StepsMixin(TasksMixin):
@@ -196,85 +205,110 @@ class StepsMixin(TasksMixin):
         inline: Inline | None = None,
         completed: CompletedAttempt | None = None,
     ) -> StepResult:
+        try:
+            with self._tx() as conn:
+                return self._commit(
+                    conn, lease, commands, outcome, wake_seq, child_versions, continue_version, inline, completed
+                )
+        except _Declined as declined:
+            return StepResult(last_seq=declined.last_seq, declined=True)
+
+    def _commit(
+        self,
+        conn: sa.Connection,
+        lease: Lease,
+        commands: Sequence[NewEvent],
+        outcome: Outcome | None,
+        wake_seq: int,
+        child_versions: dict[str, tuple[str, int]],
+        continue_version: tuple[str, int] | None,
+        inline: Inline | None,
+        completed: CompletedAttempt | None,
+    ) -> StepResult:
+        """``commit_step`` inside the caller's transaction; raises ``_Declined`` to roll it back."""
         inline_claim = None
-        with self._tx() as conn:
-            if outcome is not None:
-                self._lock_parent_first(conn, lease.run_id)
-            row = self._locked_run(conn, lease)
-            now = self._now()
-            if completed is not None and row.wake_seq != wake_seq:
-                return StepResult(last_seq=row.last_seq, declined=True)
-            out = Appender(lease.run_id, row.last_seq, None)
-            if completed is not None:
-                self._record_inline_success(conn, lease, completed, out)
-            dispatches: list[Dispatch] = []
-            immediate = False
-            for cmd in commands:
-                seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
-                assert cmd.command_id is not None
-                if cmd.kind in SCHEDULE_KINDS:
-                    # A cancel not yet journaled holds new work back: that activity goes the Celery way.
-                    here = inline is not None and cmd.command_id == inline.command_id and not row.cancel_requested_at
-                    spec, tid, stored = self._schedule_task(conn, lease.run_id, cmd, lease if here else None)
-                    if stored:
-                        immediate = True
-                    elif here:
-                        inline_claim = claim_of(spec, tid, lease.run_id, cmd, row.workflow, loads(row.trace_context))
-                    else:
-                        dispatches.append(Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or ""))
-                elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
-                    conn.execute(
-                        timers.insert().values(
-                            run_id=lease.run_id,
-                            command_id=cmd.command_id,
-                            kind="sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
-                            name=cmd.name,
-                            fire_at=wait_deadline(cmd),
-                            state="pending",
-                            created_at=now,
-                        )
+        if outcome is not None:
+            self._lock_parent_first(conn, lease.run_id)
+        appended = len(commands) + (completed is not None) + (outcome is not None)
+        row = conn.execute(
+            self.sql.take_run, {"p_run": lease.run_id, "p_token": lease.token, "p_appended": appended}
+        ).first()
+        if row is None:
+            raise self._lease_lost(conn, lease)
+        last_seq = row.last_seq - appended
+        now = self._now()
+        if completed is not None and row.wake_seq != wake_seq:
+            raise _Declined(last_seq)  # rolls the transaction back: nothing is written
+        out = Appender(lease.run_id, last_seq, None)
+        if completed is not None:
+            self._record_inline_success(conn, lease, completed, out)
+        dispatches: list[Dispatch] = []
+        immediate = False
+        for cmd in commands:
+            seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
+            assert cmd.command_id is not None
+            if cmd.kind in SCHEDULE_KINDS:
+                # A cancel not yet journaled holds new work back: that activity goes the Celery way.
+                here = inline is not None and cmd.command_id == inline.command_id and not row.cancel_requested_at
+                spec, tid, stored = self._schedule_task(conn, lease.run_id, cmd, lease if here else None)
+                if stored:
+                    immediate = True
+                elif here:
+                    inline_claim = claim_of(spec, tid, lease.run_id, cmd, row.workflow, loads(row.trace_context))
+                else:
+                    dispatches.append(Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or ""))
+            elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
+                conn.execute(
+                    timers.insert().values(
+                        run_id=lease.run_id,
+                        command_id=cmd.command_id,
+                        kind="sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
+                        name=cmd.name,
+                        fire_at=wait_deadline(cmd),
+                        state="pending",
+                        created_at=now,
                     )
-                    if cmd.kind is Kind.SIGNAL_WAIT and self._has_signal(conn, lease.run_id, cmd.name or ""):
-                        immediate = True
-                elif cmd.kind is Kind.CHILD_STARTED:
-                    child = child_run(cmd, lease.run_id, row.correlation_id, child_versions)
-                    self._start_child(conn, child)
-                    dispatches.append(
-                        Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash)
-                    )
-                del seq
-            result = StepResult(last_seq=out.seq)
-            if outcome is None and inline is not None and inline_claim is not None:
-                result.lease_kept = not immediate and row.wake_seq == wake_seq
-            values: dict[str, Any] = {}
-            if outcome is None and not result.lease_kept:
-                result.runnable_again = immediate or row.wake_seq != wake_seq
-            elif outcome is not None:
-                values, extra = self._finish(conn, row, out, outcome, continue_version)
-                dispatches += extra
-                result.finished_state = values["state"]
-                result.continued_run_id = values.pop("_continued", None)
-            out.flush(conn, self, set_last_seq=False)  # the run row's update below sets last_seq
-            if outcome is None:
-                self._maybe_snapshot(conn, lease.run_id, row.last_seq, out.seq)
-            else:
-                conn.execute(self.sql.drop_snapshots, {"p_run": lease.run_id})
+                )
+                if cmd.kind is Kind.SIGNAL_WAIT and self._has_signal(conn, lease.run_id, cmd.name or ""):
+                    immediate = True
+            elif cmd.kind is Kind.CHILD_STARTED:
+                child = child_run(cmd, lease.run_id, row.correlation_id, child_versions)
+                self._start_child(conn, child)
+                dispatches.append(Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash))
+            del seq
+        result = StepResult(last_seq=out.seq)
+        if outcome is None and inline is not None and inline_claim is not None:
+            result.lease_kept = not immediate and row.wake_seq == wake_seq
+        values: dict[str, Any] = {}
+        if outcome is None and not result.lease_kept:
+            result.runnable_again = immediate or row.wake_seq != wake_seq
+        elif outcome is not None:
+            values, extra = self._finish(conn, row, out, outcome, continue_version)
+            dispatches += extra
+            result.finished_state = values["state"]
+            result.continued_run_id = values.pop("_continued", None)
+        if out.seq != row.last_seq:
+            raise JournalError(f"run {lease.run_id}: commit appended up to {out.seq}, expected {row.last_seq}")
+        out.flush(conn, self, set_last_seq=False)  # take_run set last_seq
+        if outcome is None:
+            self._maybe_snapshot(conn, lease.run_id, last_seq, out.seq)
+        else:
+            conn.execute(self.sql.drop_snapshots, {"p_run": lease.run_id})
+        result.now = row.db_now
+        if not result.lease_kept:
             written = conn.execute(*self._end_step(lease, result, out.seq, values)).one()
-            result.now = written.db_now
-            if outcome is None and not result.runnable_again and not result.lease_kept:
+            if outcome is None and not result.runnable_again:
                 result.next_wakeup_at = written.next_wakeup_at
-            result.last_seq = out.seq
-            result.dispatches = dispatches
-            result.inline_claim = inline_claim
-            return result
+        result.last_seq = out.seq
+        result.dispatches = dispatches
+        result.inline_claim = inline_claim
+        return result
 
     def _end_step(
         self, lease: Lease, result: StepResult, seq: int, finish: dict[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
-        """The run row's update that closes a step: keep the lease, suspend, or end (``finish``)."""
+        """The run row's update that closes a step that gives the lease back: suspend, or end (``finish``)."""
         params: dict[str, Any] = {"p_run": lease.run_id, "p_seq": seq}
-        if result.lease_kept:
-            return self.sql.keep_lease, params
         if result.finished_state is None:
             return (self.sql.suspend_runnable if result.runnable_again else self.sql.suspend_until_timer), params
         now = self._now()
