@@ -245,7 +245,7 @@ class StepsMixin(TasksMixin):
         dispatches: list[Dispatch] = []
         immediate = False
         for cmd in commands:
-            seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
+            out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
             assert cmd.command_id is not None
             if cmd.kind in SCHEDULE_KINDS:
                 # A cancel not yet journaled holds new work back: that activity goes the Celery way.
@@ -275,7 +275,6 @@ class StepsMixin(TasksMixin):
                 child = child_run(cmd, lease.run_id, row.correlation_id, child_versions)
                 self._start_child(conn, child)
                 dispatches.append(Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash))
-            del seq
         result = StepResult(last_seq=out.seq)
         if outcome is None and inline is not None and inline_claim is not None:
             result.lease_kept = not immediate and row.wake_seq == wake_seq
