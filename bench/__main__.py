@@ -91,28 +91,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure(system: System, cfg: BenchConfig, logs: Path) -> Outcome:
-    """All repetitions of one system, or the reason it was skipped or failed."""
-    outcome = Outcome(system.name, system.label)
-    reason = system.unavailable()
-    if reason:
-        outcome.skipped = reason
-        print(f"{system.label}: skipped ({reason})", flush=True)
-        return outcome
-    try:
-        system.prepare(cfg, logs)
-        for i in range(cfg.repetitions):
-            rep = run_repetition(system, cfg, logs)
+def measure(systems: Sequence[System], cfg: BenchConfig, logs: Path) -> list[Outcome]:
+    """Every repetition of every system, or the reason one was skipped or failed.
+
+    Repetitions are interleaved (round i of every system before round i + 1), so a
+    machine that speeds up or slows down during the run weighs on every system alike
+    and the ratios compare like with like.
+    """
+    outcomes = {system.name: Outcome(system.name, system.label) for system in systems}
+    active: list[System] = []
+    for system in systems:
+        outcome = outcomes[system.name]
+        reason = system.unavailable()
+        if reason:
+            outcome.skipped = reason
+            print(f"{system.label}: skipped ({reason})", flush=True)
+            continue
+        try:
+            system.prepare(cfg, logs)
+            active.append(system)
+        except BenchError as exc:
+            _fail(system, outcome, exc)
+    for i in range(cfg.repetitions):
+        for system in list(active):
+            outcome = outcomes[system.name]
+            try:
+                rep = run_repetition(system, cfg, logs)
+            except BenchError as exc:
+                _fail(system, outcome, exc)
+                active.remove(system)
+                continue
             outcome.repetitions.append(rep)
             p50 = "-" if rep.p50_ms is None else f"{rep.p50_ms:.1f} ms"
             print(
                 f"{system.label}: repetition {i + 1}/{cfg.repetitions}: {rep.steps_per_s:.1f} steps/s, p50 {p50}",
                 flush=True,
             )
-    except BenchError as exc:
-        outcome.failed = str(exc)
-        print(f"{system.label}: failed ({exc})", flush=True)
-    return outcome
+    return [outcomes[system.name] for system in systems]
+
+
+def _fail(system: System, outcome: Outcome, exc: BenchError) -> None:
+    outcome.failed = str(exc)
+    print(f"{system.label}: failed ({exc})", flush=True)
 
 
 def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> tuple[str, bool]:
@@ -164,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_fresh_database(cfg)
     logs = Path(tempfile.mkdtemp(prefix="continuum-bench-"))
 
-    outcomes = [measure(systems[name], cfg, logs) for name in args.only]
+    outcomes = measure([systems[name] for name in args.only], cfg, logs)
     print()
     print(render_table(outcomes))
     print(FOOTNOTE)
