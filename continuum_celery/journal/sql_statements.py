@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from .rules import CHILD_OUTCOMES, RUNNABLE, TERMINAL
 from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, snapshots, timers
 
-_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now'{}) || '000'"
+#: SQLite's clock in SQLAlchemy's stored datetime text (SQLite gives milliseconds; the zeros pad to micro).
+_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f"
 
 
 class Clock:
@@ -28,14 +29,15 @@ class Clock:
 
     def __init__(self, is_sqlite: bool) -> None:
         self.is_sqlite = is_sqlite
-        self.now: Any = sa.literal_column(_SQLITE_NOW.format(""), UTCDateTime()) if is_sqlite else sa.func.now()
+        sqlite_now = sa.literal_column(f"strftime('{_SQLITE_FORMAT}', 'now') || '000'", UTCDateTime())
+        self.now: Any = sqlite_now if is_sqlite else sa.func.now()
 
     def after(self, seconds: Any) -> Any:
         """``now`` plus ``seconds`` (a number, or a ``bindparam`` of a number)."""
         if not isinstance(seconds, sa.BindParameter):
             seconds = sa.bindparam(None, float(seconds), type_=sa.Float())
         if self.is_sqlite:
-            stamp = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", sa.func.printf("%+.6f seconds", seconds))
+            stamp = sa.func.strftime(_SQLITE_FORMAT, "now", sa.func.printf("%+.6f seconds", seconds))
             return sa.type_coerce(stamp.op("||")(sa.literal("000")), UTCDateTime())
         return sa.func.now() + sa.literal_column("interval '1 second'") * seconds
 
