@@ -47,6 +47,11 @@ def private_stack(database_url: str, redis_url: str, tmp: Path) -> Iterator[Stac
         yield configure(stack)
     finally:
         stack.close()
+        # Only once its processes are gone: a beat or pump still running would write keys again.
+        client = redis_lib.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=f"ctest:{stack.token}:*", count=1000):
+            client.delete(key)
+        client.close()
 
 
 @pytest.fixture
@@ -92,10 +97,4 @@ def pg_chaos(private_pg: PrivatePostgres, redis_url: str, tmp_path: Path) -> Ite
     """A chaos stack whose journal lives on the private PostgreSQL (broker on the test Redis db)."""
     url = private_pg.create_database(f"chaos_{uuid.uuid4().hex[:8]}")
     with private_stack(url, redis_url, tmp_path) as stack:
-        try:
-            yield stack
-        finally:
-            client = redis_lib.Redis.from_url(redis_url)
-            for key in client.scan_iter(match=f"ctest:{stack.token}:*", count=1000):
-                client.delete(key)
-            client.close()
+        yield stack
