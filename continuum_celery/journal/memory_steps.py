@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import JournalError, LeaseLost, RunConflict
+from ..errors import JournalError, RunConflict
 from ..events import Kind, NewEvent
 from ..replay import ContinueAsNew, Outcome
 from ..serialization import roundtrip
@@ -20,7 +20,9 @@ from .rules import (
     child_run,
     continued_run,
     ending,
+    inline_attempt_lost,
     orphaned_attempt_error,
+    renewal_refused,
     task_id,
     task_outcome,
     task_spec,
@@ -61,7 +63,10 @@ class MemorySteps(MemoryTables):
         orphaned = [
             t
             for t in self._tasks.values()
-            if t.run_id == run.id and t.state == "running" and (t.run_lease_token or run.lease_token) < run.lease_token
+            if t.run_id == run.id
+            and t.state == "running"
+            and t.run_lease_token is not None
+            and t.run_lease_token < run.lease_token
         ]
         for task in orphaned:  # inline attempts of a lease this claim replaced (see the SQL journal)
             error = orphaned_attempt_error(task.attempt, task.owner, run.id)
@@ -204,11 +209,7 @@ class MemorySteps(MemoryTables):
         claim = completed.claim
         task = self._tasks.get(claim.task_id)
         if task is None or task.attempt != claim.attempt or task.state != "running":
-            raise LeaseLost(
-                f"run {lease.run_id}: inline attempt {claim.attempt} of {claim.name} is no longer this worker's",
-                run_id=lease.run_id,
-                token=lease.token,
-            )
+            raise inline_attempt_lost(lease, claim)
         return task
 
     def _check_commands(self, run: RunRow, commands: Sequence[NewEvent], child_versions: dict[str, Any]) -> None:
@@ -269,11 +270,7 @@ class MemorySteps(MemoryTables):
         with self._lock:
             run = self._runs.get(lease.run_id)
             if run is None or run.lease_token != lease.token or run.state != "running":
-                raise LeaseLost(
-                    f"run {lease.run_id}: lease token {lease.token} could not be renewed; another worker took over.",
-                    run_id=lease.run_id,
-                    token=lease.token,
-                )
+                raise renewal_refused(lease)
             run.lease_expires_at = self.clock() + timedelta(seconds=ttl)
 
     def release(self, lease: Lease, stuck_reason: str | None = None) -> None:

@@ -167,6 +167,24 @@ def lease_lost(lease: Lease, state: str | None, token: int | None) -> LeaseLost:
     )
 
 
+def renewal_refused(lease: Lease) -> LeaseLost:
+    """The error for renewing ``lease`` after another worker took the run over (or the run moved on)."""
+    return LeaseLost(
+        f"run {lease.run_id}: lease token {lease.token} could not be renewed; another worker took over.",
+        run_id=lease.run_id,
+        token=lease.token,
+    )
+
+
+def inline_attempt_lost(lease: Lease, claim: ActivityClaim) -> LeaseLost:
+    """The error for folding an inline attempt the lease holder no longer owns (timed out, or retried)."""
+    return LeaseLost(
+        f"run {lease.run_id}: inline attempt {claim.attempt} of {claim.name} is no longer this worker's",
+        run_id=lease.run_id,
+        token=lease.token,
+    )
+
+
 def run_conflict(run_id: str, workflow: str) -> RunConflict:
     """The error for starting ``run_id`` again with another workflow or input (it names a run of ``workflow``)."""
     return RunConflict(

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 
 from ..errors import (
     JournalError,
-    LeaseLost,
     RunConflict,
 )
 from ..events import Event, Kind, NewEvent
@@ -38,14 +37,15 @@ from .rules import (
     claim_of,
     continued_run,
     ending,
+    inline_attempt_lost,
     orphaned_attempt_error,
+    renewal_refused,
     task_id,
     task_outcome,
     task_spec,
     wait_deadline,
 )
 from .schema import (
-    activity_results,
     runs,
     signals,
     snapshots,
@@ -324,33 +324,14 @@ class StepsMixin(TasksMixin):
         claim = done.claim
         kind, payload = task_outcome(claim.kind, "completed", done.result, None, claim.attempt)
         seq = out.add(kind, done.command_id, claim.name, payload)
+        result = dumps(done.result)
         updated = conn.execute(
             self.sql.complete_inline,
-            {
-                "p_task": claim.task_id,
-                "p_attempt": claim.attempt,
-                "p_result": dumps(done.result),
-                "p_seq": seq,
-            },
+            {"p_task": claim.task_id, "p_attempt": claim.attempt, "p_result": result, "p_seq": seq},
         ).rowcount
         if not updated:  # the sweep took the attempt back (it overran its timeout): this decision is void
-            raise LeaseLost(
-                f"run {lease.run_id}: inline attempt {claim.attempt} of {claim.name} is no longer this worker's",
-                run_id=lease.run_id,
-                token=lease.token,
-            )
-        if claim.idempotency_key:
-            conn.execute(
-                self._insert(activity_results)
-                .values(
-                    idempotency_key=claim.idempotency_key,
-                    activity=claim.name,
-                    result=dumps(done.result),
-                    run_id=claim.run_id,
-                    created_at=self._now(),
-                )
-                .on_conflict_do_nothing()
-            )
+            raise inline_attempt_lost(lease, claim)
+        self._store_result(conn, claim, result)
 
     def _has_signal(self, conn: sa.Connection, run_id: str, name: str) -> bool:
         found = conn.execute(
@@ -457,11 +438,7 @@ class StepsMixin(TasksMixin):
                 .values(lease_expires_at=self._after(ttl))
             ).rowcount
         if not done:
-            raise LeaseLost(
-                f"run {lease.run_id}: lease token {lease.token} could not be renewed; another worker took over.",
-                run_id=lease.run_id,
-                token=lease.token,
-            )
+            raise renewal_refused(lease)
 
     def release(self, lease: Lease, stuck_reason: str | None = None) -> None:
         with self._tx() as conn:

@@ -69,21 +69,25 @@ class TasksMixin(SQLBase):
                         updated_at=self._now(),
                     )
                 )
-                if claim.idempotency_key:
-                    conn.execute(
-                        self._insert(activity_results)
-                        .values(
-                            idempotency_key=claim.idempotency_key,
-                            activity=claim.name,
-                            result=dumps(result),
-                            run_id=claim.run_id,
-                            created_at=self._now(),
-                        )
-                        .on_conflict_do_nothing()
-                    )
+                self._store_result(conn, claim, dumps(result))
                 poke = self._poke(conn, claim.run_id)
                 return ActivityOutcome("completed", [poke] if poke else [])
             return self._fail_attempt(conn, row, error, retryable)
+
+    def _store_result(self, conn: sa.Connection, claim: ActivityClaim, result: str) -> None:
+        """Keep a completed attempt's result (JSON text) under its idempotency key; the first one stays."""
+        if claim.idempotency_key:
+            conn.execute(
+                self._insert(activity_results)
+                .values(
+                    idempotency_key=claim.idempotency_key,
+                    activity=claim.name,
+                    result=result,
+                    run_id=claim.run_id,
+                    created_at=self._now(),
+                )
+                .on_conflict_do_nothing()
+            )
 
     def _fail_attempt(
         self, conn: sa.Connection, row: Any, error: dict[str, Any], retryable: bool, *, wake_run: bool = True
