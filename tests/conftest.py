@@ -112,20 +112,13 @@ def redis_url() -> str:
 @pytest.fixture
 def stack(fresh_pg_url: str, redis_url: str, tmp_path):  # type: ignore[no-untyped-def]
     """An isolated deployment: migrated database, broker and key prefixes; stops its processes after."""
-    import redis as redis_lib
-
     from continuum_celery.journal.schema import migrate
     from tests.support.stack import Stack
 
     migrate(fresh_pg_url)
     s = Stack(database_url=fresh_pg_url, redis_url=redis_url, tmp=tmp_path)
-    s.sql("CREATE TABLE test_effects (key text PRIMARY KEY, at timestamptz DEFAULT now())")
-    s.sql("CREATE TABLE test_marks (id serial PRIMARY KEY, name text NOT NULL, at timestamptz DEFAULT now())")
+    s.create_test_tables()
     try:
         yield s
     finally:
         s.close()
-        client = redis_lib.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"ctest:{s.token}:*", count=1000):
-            client.delete(key)
-        client.close()

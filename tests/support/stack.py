@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,8 +209,18 @@ class Stack:
             engine.dispose()
 
     def close(self) -> None:
+        """Stop the processes and the client engine, then delete the stack's Redis keys.
+
+        Keys go last: a worker, beat or pump still running would write them again.
+        """
         for proc in self.procs:
             proc.stop(timeout=15)
         if self.engine is not None:
             self.engine.stop_pump()
             self.engine.journal.close()
+        client = redis_lib.Redis.from_url(self.redis_url)
+        try:
+            for key in client.scan_iter(match=f"ctest:{self.token}:*", count=1000):
+                client.delete(key)
+        finally:
+            client.close()
