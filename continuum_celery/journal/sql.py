@@ -111,7 +111,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
         if not versions:
             return dispatches
         with self._tx() as conn:
-            now = self._now()
+            now = self.clock.now
             for workflow, version_hash, version, module in versions:
                 stmt = self._insert(workflow_versions).values(
                     workflow=workflow,
@@ -146,8 +146,8 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
         self, *, live_within: float, batch: int, also_live: Collection[tuple[str, str]] = ()
     ) -> list[tuple[str, str, int]]:
         with self._tx() as conn:
-            now = self._now()
-            live = workflow_versions.c.last_seen_at >= self._after(-live_within)
+            now = self.clock.now
+            live = workflow_versions.c.last_seen_at >= self.clock.after(-live_within)
             if conn.execute(sa.select(workflow_versions.c.hostname).where(live).limit(1)).first() is None:
                 return []
             served = (

@@ -150,12 +150,6 @@ class SQLBase:
                 self.engine.dispose()  # the caller never gets this journal to close
                 raise
 
-    def _now(self) -> Any:
-        return self.clock.now
-
-    def _after(self, seconds: float) -> Any:
-        return self.clock.after(seconds)
-
     def _insert(self, table: sa.Table) -> Any:
         return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
 
@@ -221,7 +215,7 @@ class SQLBase:
                 runs.c.stuck_reason,
                 runs.c.workflow,
                 runs.c.version_hash,
-                (runs.c.next_wakeup_at <= self._now()).label("due"),
+                (runs.c.next_wakeup_at <= self.clock.now).label("due"),
             )
             .where(runs.c.id == run_id)
             .with_for_update()
@@ -233,9 +227,9 @@ class SQLBase:
         # A due run keeps its wake-up time: moved to this transaction's now(), it could turn later
         # than the now() of a claim already waiting on the row lock, which would then fail.
         if row.state in _RUNNABLE and not row.due:
-            values["next_wakeup_at"] = self._now()
+            values["next_wakeup_at"] = self.clock.now
         if send:
-            values["dispatched_at"] = self._now()
+            values["dispatched_at"] = self.clock.now
         conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
         return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash) if send else None
 
@@ -254,7 +248,7 @@ class SQLBase:
             conn.execute(
                 runs.update()
                 .where(runs.c.id.in_(level), runs.c.cancel_requested_at.is_(None))
-                .values(cancel_requested_at=self._now())
+                .values(cancel_requested_at=self.clock.now)
             )
             dispatches += [d for d in (self._poke(conn, child_id) for child_id in level) if d is not None]
         return dispatches
@@ -284,7 +278,7 @@ class SQLBase:
 
     def _claim_task(self, conn: sa.Connection, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
         """Start an attempt inside the caller's transaction; None when it is not claimable now."""
-        now = self._now()
+        now = self.clock.now
         row = conn.execute(
             activity_tasks.update()
             .where(
@@ -311,7 +305,7 @@ class SQLBase:
         conn.execute(
             activity_tasks.update()
             .where(activity_tasks.c.id == task_id)
-            .values(lease_expires_at=self._after(row.timeout or self.activity_timeout))
+            .values(lease_expires_at=self.clock.after(row.timeout or self.activity_timeout))
         )
         arguments = loads(row.arguments)
         return ActivityClaim(

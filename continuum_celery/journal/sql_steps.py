@@ -115,7 +115,9 @@ class StepsMixin(TasksMixin):
         snap = extend_snapshot(previous, since, new_seq)
         conn.execute(snapshots.delete().where(snapshots.c.run_id == run_id))
         conn.execute(
-            snapshots.insert().values(run_id=run_id, seq=snap.upto, state=encode_snapshot(snap), created_at=self._now())
+            snapshots.insert().values(
+                run_id=run_id, seq=snap.upto, state=encode_snapshot(snap), created_at=self.clock.now
+            )
         )
 
     def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
@@ -236,7 +238,7 @@ class StepsMixin(TasksMixin):
         if row is None:
             raise self._lease_lost(conn, lease)
         last_seq = row.last_seq - appended
-        now = self._now()
+        now = self.clock.now
         if completed is not None and row.wake_seq != wake_seq:
             raise _Declined(last_seq)  # rolls the transaction back: nothing is written
         out = Appender(lease.run_id, last_seq, None)
@@ -310,7 +312,7 @@ class StepsMixin(TasksMixin):
         params: dict[str, Any] = {"p_run": lease.run_id, "p_seq": seq}
         if result.finished_state is None:
             return (self.sql.suspend_runnable if result.runnable_again else self.sql.suspend_until_timer), params
-        now = self._now()
+        now = self.clock.now
         statement = (
             runs.update()
             .where(runs.c.id == lease.run_id)
@@ -375,7 +377,7 @@ class StepsMixin(TasksMixin):
         elif state == "scheduled":
             conn.execute(self.sql.insert_task, row)
         else:
-            conn.execute(self.sql.insert_task.values(finished_at=self._now()), row)
+            conn.execute(self.sql.insert_task.values(finished_at=self.clock.now), row)
         return spec, tid, stored is not None
 
     def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
@@ -435,7 +437,7 @@ class StepsMixin(TasksMixin):
                     runs.c.lease_token == lease.token,
                     runs.c.state == "running",
                 )
-                .values(lease_expires_at=self._after(ttl))
+                .values(lease_expires_at=self.clock.after(ttl))
             ).rowcount
         if not done:
             raise renewal_refused(lease)
@@ -450,5 +452,5 @@ class StepsMixin(TasksMixin):
                 "stuck_reason": stuck_reason,
             }
             if stuck_reason is None:
-                values["next_wakeup_at"] = self._now()
+                values["next_wakeup_at"] = self.clock.now
             conn.execute(runs.update().where(runs.c.id == lease.run_id).values(**values))

@@ -82,7 +82,7 @@ class SweepMixin(TasksMixin):
 
     def sweep_queries(self, batch: int, redispatch_after: float) -> dict[str, sa.Select[Any]]:
         """The sweep's claiming queries, by name (also what the EXPLAIN tests plan)."""
-        now = self._now()
+        now = self.clock.now
         run = sa.select(runs.c.id, runs.c.workflow, runs.c.version_hash)
         task = sa.select(activity_tasks.c.id, activity_tasks.c.attempt, activity_tasks.c.queue, activity_tasks.c.name)
         task_due = sa.func.coalesce(activity_tasks.c.retry_at, activity_tasks.c.created_at)
@@ -116,13 +116,13 @@ class SweepMixin(TasksMixin):
         """Never dispatched, or dispatched so long ago that the message looks lost (see the module docstring)."""
         dispatched = table.c.dispatched_at
         if self.is_sqlite:
-            return sa.or_(dispatched.is_(None), dispatched < self._after(-redispatch_after))
+            return sa.or_(dispatched.is_(None), dispatched < self.clock.after(-redispatch_after))
         least = sa.literal(timedelta(seconds=redispatch_after), sa.Interval())
         most = sa.literal(timedelta(seconds=redispatch_after * REDISPATCH_BACKOFF_CAP), sa.Interval())
         # How long the row had waited when last sent; LEAST and GREATEST skip a NULL.
         waited = sa.type_coerce(dispatched, sa.DateTime(timezone=True)) - due
         wait = sa.func.greatest(least, sa.func.least(waited, most), type_=sa.Interval())
-        return sa.or_(dispatched.is_(None), dispatched < self._now() - wait)
+        return sa.or_(dispatched.is_(None), dispatched < self.clock.now - wait)
 
     def sweep(self, *, batch: int, redispatch_after: float) -> list[Dispatch]:
         queries = self.sweep_queries(batch, redispatch_after)
@@ -132,7 +132,7 @@ class SweepMixin(TasksMixin):
                 rows = conn.execute(queries[name]).all()
                 if rows:
                     conn.execute(
-                        runs.update().where(runs.c.id.in_([r.id for r in rows])).values(dispatched_at=self._now())
+                        runs.update().where(runs.c.id.in_([r.id for r in rows])).values(dispatched_at=self.clock.now)
                     )
                 dispatches += [Dispatch("replay", r.id, label=r.workflow, version_hash=r.version_hash) for r in rows]
             tasks = [*conn.execute(queries["new_tasks"]), *conn.execute(queries["retry_tasks"])]
@@ -140,7 +140,7 @@ class SweepMixin(TasksMixin):
                 conn.execute(
                     activity_tasks.update()
                     .where(activity_tasks.c.id.in_([t.id for t in tasks]))
-                    .values(dispatched_at=self._now())
+                    .values(dispatched_at=self.clock.now)
                 )
             dispatches += [Dispatch("activity", t.id, queue=t.queue, attempt=t.attempt, label=t.name) for t in tasks]
             for task in conn.execute(queries["expired_tasks"]).all():
@@ -154,7 +154,7 @@ class SweepMixin(TasksMixin):
         Counts what is waiting, dispatched or not (a dispatched run is still due until a worker
         claims it), each kind up to :data:`BACKLOG_COUNT_LIMIT`.
         """
-        now = self._now()
+        now = self.clock.now
         counts = [
             sa.select(sa.func.count())
             .select_from(sa.select(sa.literal(1)).where(*where).limit(BACKLOG_COUNT_LIMIT).subquery())

@@ -65,8 +65,8 @@ class TasksMixin(SQLBase):
                         state="completed",
                         result=dumps(result),
                         lease_expires_at=None,
-                        finished_at=self._now(),
-                        updated_at=self._now(),
+                        finished_at=self.clock.now,
+                        updated_at=self.clock.now,
                     )
                 )
                 self._store_result(conn, claim, dumps(result))
@@ -84,7 +84,7 @@ class TasksMixin(SQLBase):
                     activity=claim.name,
                     result=result,
                     run_id=claim.run_id,
-                    created_at=self._now(),
+                    created_at=self.clock.now,
                 )
                 .on_conflict_do_nothing()
             )
@@ -102,11 +102,11 @@ class TasksMixin(SQLBase):
                 .values(
                     state="scheduled",
                     attempt=row.attempt + 1,
-                    retry_at=self._after(delay),
+                    retry_at=self.clock.after(delay),
                     error=dumps(error),
                     lease_expires_at=None,
-                    dispatched_at=self._now(),
-                    updated_at=self._now(),
+                    dispatched_at=self.clock.now,
+                    updated_at=self.clock.now,
                 )
                 .returning(activity_tasks.c.retry_at)
             ).scalar()
@@ -130,8 +130,8 @@ class TasksMixin(SQLBase):
                 state="failed",
                 error=dumps(error),
                 lease_expires_at=None,
-                finished_at=self._now(),
-                updated_at=self._now(),
+                finished_at=self.clock.now,
+                updated_at=self.clock.now,
             )
         )
         poke = self._poke(conn, row.run_id) if wake_run else None
@@ -169,7 +169,7 @@ class TasksMixin(SQLBase):
         with self._tx() as conn:
             self._open_run(conn, run_id, f"receive signal {name!r}")
             conn.execute(
-                signals.insert().values(run_id=run_id, name=name, payload=dumps(payload), created_at=self._now())
+                signals.insert().values(run_id=run_id, name=name, payload=dumps(payload), created_at=self.clock.now)
             )
             poke = self._poke(conn, run_id)
             return [poke] if poke else []
@@ -185,7 +185,7 @@ class TasksMixin(SQLBase):
             row = self._open_run(conn, run_id, "be cancelled")
             if row.cancel_requested_at is not None:
                 return []
-            conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested_at=self._now()))
+            conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested_at=self.clock.now))
             poke = self._poke(conn, run_id)
             return ([poke] if poke else []) + self._cancel_descendants(conn, run_id)
 
@@ -206,9 +206,9 @@ class TasksMixin(SQLBase):
                 .where(
                     activity_tasks.c.run_id == run_id,
                     activity_tasks.c.state == "scheduled",
-                    activity_tasks.c.retry_at > self._now(),
+                    activity_tasks.c.retry_at > self.clock.now,
                 )
-                .values(retry_at=self._now(), dispatched_at=self._now(), updated_at=self._now())
+                .values(retry_at=self.clock.now, dispatched_at=self.clock.now, updated_at=self.clock.now)
                 .returning(activity_tasks.c.id, activity_tasks.c.attempt, activity_tasks.c.queue, activity_tasks.c.name)
             ).all()
             conn.execute(
@@ -223,7 +223,7 @@ class TasksMixin(SQLBase):
                             "activities": [{"activity": t.name, "attempt": t.attempt} for t in hurried],
                         }
                     ),
-                    created_at=self._now(),
+                    created_at=self.clock.now,
                 )
             )
             conn.execute(
@@ -232,8 +232,8 @@ class TasksMixin(SQLBase):
                 .values(
                     last_seq=row.last_seq + 1,
                     stuck_reason=None,
-                    next_wakeup_at=self._now(),
-                    dispatched_at=self._now(),
+                    next_wakeup_at=self.clock.now,
+                    dispatched_at=self.clock.now,
                 )
             )
             return [Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash)] + [
