@@ -19,6 +19,9 @@ STEPS = 5
 KILL_EVERY = 2.0
 #: Kills at most; then the two last workers finish the work undisturbed.
 MAX_KILLS = 8
+#: Seconds each effect works: 1,000 of them keep the workers busy across several kills, however
+#: fast the engine gets (without it the whole workload can end before the second kill).
+BUSY = 0.05
 
 
 def _open_runs(stack: Stack) -> int:
@@ -61,7 +64,7 @@ def test_every_run_completes_once_while_workers_are_killed(chaos: Stack) -> None
     chaos.beat()
     ids = [f"kill-{i}" for i in range(RUNS)]
     for run_id in ids:
-        steps_flow.start({"id": run_id, "steps": STEPS}, run_id=run_id)
+        steps_flow.start({"id": run_id, "steps": STEPS, "busy": BUSY}, run_id=run_id)
     phase(f"{RUNS} runs started")
     kills = _kill_in_turn(chaos, workers)
     phase(f"{kills} kills done")

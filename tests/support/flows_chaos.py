@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,12 +83,14 @@ def _attempt_now() -> int:
 
 
 @activity(name="chaos.effect", retry=RetryPolicy(max_attempts=30, initial_interval=0.2, backoff=1.0), timeout=3)
-def chaos_effect(key: str, hold: bool = False) -> dict[str, Any]:
+def chaos_effect(key: str, hold: bool = False, busy: float = 0.0) -> dict[str, Any]:
     """Record its execution and apply the idempotent effect ``key``.
 
     With ``hold``, the first attempt records its execution, holds until released, then applies
     the effect and marks ``done|<key>|<attempt>|<worker>``: it is about to report its result.
+    ``busy`` seconds of work come first (so a workload lasts long enough for faults to land in it).
     """
+    time.sleep(busy)
     attempt = _attempt_now()
     execution = f"exec|{key}|{attempt}"
     held = hold and first_to_claim(f"hold|{key}")
@@ -110,7 +113,8 @@ def chaos_poison(key: str) -> None:
 
 def _effects(ctx: Any, spec: dict[str, Any]) -> list[Any]:
     keys = [f"{spec['id']}:{i}" for i in range(spec.get("steps", 1))]
-    return [ctx.run(chaos_effect, key, idempotency_key=key) for key in keys]
+    busy = spec.get("busy", 0.0)
+    return [ctx.run(chaos_effect, key, False, busy, idempotency_key=key) for key in keys]
 
 
 @workflow(workflow="chaos.steps")
