@@ -20,7 +20,7 @@ task_send_sent_event = True
 imports = tuple(
     m
     for m in os.environ.get(
-        "CONTINUUM_WORKFLOW_MODULES", "workflows.orders,workflows.approvals,workflows.fanout"
+        "CONTINUUM_WORKFLOW_MODULES", "continuum_celery.examples.orders,continuum_celery.examples.approvals,continuum_celery.examples.fanout"
     ).split(",")
     if m
 )

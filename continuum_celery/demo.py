@@ -19,9 +19,9 @@ RESULT_WIDTH = 80
 
 
 def _scenarios() -> list[tuple[str, Any, Any, str]]:
-    from workflows.approvals import approval_flow
-    from workflows.fanout import catalogue_flow
-    from workflows.orders import order_flow
+    from continuum_celery.examples.approvals import approval_flow
+    from continuum_celery.examples.fanout import catalogue_flow
+    from continuum_celery.examples.orders import order_flow
 
     return [
         (
@@ -80,7 +80,7 @@ def run_demo(database_url: str | None = None, redis_url: str | None = None, echo
         url,
         redis_url=redis_url,
         name="demo",
-        workflow_modules=("workflows.orders", "workflows.approvals", "workflows.fanout"),
+        workflow_modules=("continuum_celery.examples.orders", "continuum_celery.examples.approvals", "continuum_celery.examples.fanout"),
     )
     began = time.monotonic()
 

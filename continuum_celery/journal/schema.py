@@ -1,7 +1,7 @@
 """The journal's tables (SQLAlchemy Core) and the migration entry points.
 
 The tables here describe the schema the code expects; Alembic revisions in
-``migrations/`` create and evolve it. ``migrate(url)`` applies them;
+``continuum_celery/migrations/`` create and evolve it. ``migrate(url)`` applies them;
 ``check_schema`` refuses to start on a database that is behind.
 """
 
@@ -225,8 +225,8 @@ activity_results = sa.Table(
 
 
 def migrations_dir() -> Path:
-    """Where the Alembic revisions live (``migrations/`` at the project root)."""
-    here = Path(__file__).resolve().parents[2] / "migrations"
+    """Where the Alembic revisions live: ``continuum_celery/migrations``, shipped inside the package."""
+    here = Path(__file__).resolve().parents[1] / "migrations"
     if (here / "env.py").exists():
         return here
     raise ConfigurationError(f"continuum migrations not found at {here}; reinstall continuum-celery.")
