@@ -11,7 +11,7 @@ from .cli_context import ContinuumGroup, operator
 from .cli_format import ago, compact, echo_json, jsonable, parse_age, stamp, table, when
 from .inspection import RunDetail, TimelineEntry, run_detail
 from .journal.base import RunRecord
-from .journal.schema import RUN_STATES
+from .states import RUN_STATES
 
 #: Most runs one ``runs list`` page may hold.
 MAX_PAGE = 1000

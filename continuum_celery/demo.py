@@ -80,7 +80,7 @@ def run_demo(database_url: str | None = None, redis_url: str | None = None, echo
         url,
         redis_url=redis_url,
         name="demo",
-        workflow_modules=("continuum_celery.examples.orders", "continuum_celery.examples.approvals", "continuum_celery.examples.fanout"),
+        workflow_modules=tuple(f"continuum_celery.examples.{m}" for m in ("orders", "approvals", "fanout")),
     )
     began = time.monotonic()
 

@@ -14,10 +14,11 @@ import sqlalchemy as sa
 
 from .errors import RunNotFound
 from .journal.base import RunRecord
-from .journal.schema import TERMINAL_STATES, activity_tasks, events, runs, signals, timers, workflow_versions
+from .journal.schema import activity_tasks, events, runs, signals, timers, workflow_versions
 from .journal.sql import SQLJournal
 from .journal.sql_base import run_record
 from .serialization import loads
+from .states import TERMINAL
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def open_run_ids(journal: SQLJournal, limit: int) -> list[str]:
         return list(
             conn.execute(
                 sa.select(runs.c.id)
-                .where(runs.c.state.not_in(TERMINAL_STATES))
+                .where(runs.c.state.not_in(TERMINAL))
                 .order_by(runs.c.created_at, runs.c.id)
                 .limit(limit)
             ).scalars()
@@ -174,7 +175,7 @@ def pending_work(journal: SQLJournal, run_id: str) -> PendingWork:
             sa.select(runs.c.id, runs.c.workflow, runs.c.state, runs.c.stuck_reason)
             .where(
                 runs.c.parent_run_id == run_id,
-                sa.or_(runs.c.state.not_in(TERMINAL_STATES), runs.c.reported_to_parent.is_(False)),
+                sa.or_(runs.c.state.not_in(TERMINAL), runs.c.reported_to_parent.is_(False)),
                 runs.c.state != "continued",
             )
             .order_by(runs.c.created_at, runs.c.id)

@@ -35,10 +35,11 @@ import sqlalchemy as sa
 from .context import RunInfo, context_factory
 from .errors import ConfigurationError, InvalidArgument, NondeterminismError
 from .events import TERMINAL_EVENTS, Event, Kind
-from .journal.schema import TERMINAL_STATES, current_revision, events, runs
+from .journal.schema import current_revision, events, runs
 from .journal.sql_base import event_from_row, normalise_url, run_record
 from .replay import Cancelled, Complete, ContinueAsNew, Decision, Execution, Fail
 from .serialization import dumps
+from .states import TERMINAL
 from .versioning import Registry
 from .versioning import registry as default_registry
 
@@ -68,7 +69,7 @@ class History:
     @property
     def finished(self) -> bool:
         """Whether the run had ended when the history was read."""
-        return self.run.get("state") in TERMINAL_STATES
+        return self.run.get("state") in TERMINAL
 
     def to_json(self) -> dict[str, Any]:
         """The export record: ``{"run": {...}, "events": [{seq, kind, command_id, name, payload}, ...]}``."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..events import Event, NewEvent
 from ..replay import Outcome
+from ..states import is_terminal
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class RunRecord:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("completed", "failed", "cancelled", "continued")
+        return is_terminal(self.state)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,6 @@ from ..events import Kind, NewEvent
 from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
 from .base import ActivityClaim, Lease, NewRun
 
-#: States a run can be claimed from (when due and not parked).
-RUNNABLE = ("pending", "suspended")
-#: States a run never leaves.
-TERMINAL = ("completed", "failed", "cancelled", "continued")
 #: Longest wait before the sweep re-sends a dispatched row, in multiples of ``redispatch_after``.
 REDISPATCH_BACKOFF_CAP = 8
 #: Commands that create an activity task row, and the row's kind.

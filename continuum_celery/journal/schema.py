@@ -15,12 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError, SchemaNotMigrated
+from ..states import RUN_STATES
 
 #: Alembic's bookkeeping table, named so it never meets an application's own Alembic history.
 VERSION_TABLE = "continuum_alembic_version"
 
-RUN_STATES = ("pending", "running", "suspended", "completed", "failed", "cancelled", "continued")
-TERMINAL_STATES = ("completed", "failed", "cancelled", "continued")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -20,6 +20,7 @@ from ..errors import (
 )
 from ..events import Event
 from ..serialization import dumps
+from ..states import RUNNABLE, TERMINAL
 from .base import (
     Dispatch,
     Journal,
@@ -28,12 +29,10 @@ from .base import (
 )
 from .rules import run_conflict, summarise_versions
 from .schema import (
-    TERMINAL_STATES,
     runs,
     workflow_versions,
 )
 from .sql_base import (
-    _RUNNABLE,
     run_record,
 )
 from .sql_steps import StepsMixin
@@ -134,7 +133,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
                         runs.c.workflow == workflow,
                         runs.c.version_hash == version_hash,
                         runs.c.stuck_reason == "unknown_version",
-                        runs.c.state.not_in(TERMINAL_STATES),
+                        runs.c.state.not_in(TERMINAL),
                     )
                     .values(stuck_reason=None, next_wakeup_at=now, dispatched_at=now)
                     .returning(runs.c.id)
@@ -185,7 +184,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
             parked = conn.execute(
                 sa.select(runs.c.workflow, runs.c.version_hash, sa.func.count())
                 .where(
-                    _state_is(runs.c.state, *_RUNNABLE),
+                    _state_is(runs.c.state, *RUNNABLE),
                     runs.c.next_wakeup_at <= now,
                     runs.c.stuck_reason == "unknown_version",
                 )
@@ -207,7 +206,7 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
                 ((r.workflow, r.version_hash), r.n)
                 for r in conn.execute(
                     sa.select(runs.c.workflow, runs.c.version_hash, sa.func.count().label("n"))
-                    .where(runs.c.state.not_in(TERMINAL_STATES))
+                    .where(runs.c.state.not_in(TERMINAL))
                     .group_by(runs.c.workflow, runs.c.version_hash)
                 )
             )

@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..events import Event, Kind
 from ..serialization import dumps, loads
+from ..states import RUNNABLE, TERMINAL
 from .base import (
     ActivityClaim,
     Dispatch,
@@ -32,16 +33,13 @@ from .base import (
     NewRun,
     RunRecord,
 )
-from .rules import RUNNABLE, lease_lost
+from .rules import lease_lost
 from .schema import (
-    TERMINAL_STATES,
     activity_tasks,
     check_schema,
     runs,
 )
 from .sql_statements import Clock, StepStatements
-
-_RUNNABLE = RUNNABLE
 
 
 def normalise_url(url: str) -> str:
@@ -220,13 +218,13 @@ class SQLBase:
             .where(runs.c.id == run_id)
             .with_for_update()
         ).first()
-        if row is None or row.state in TERMINAL_STATES:
+        if row is None or row.state in TERMINAL:
             return None
         values: dict[str, Any] = {"wake_seq": runs.c.wake_seq + 1}
-        send = row.state in _RUNNABLE and row.dispatched_at is None and row.stuck_reason is None
+        send = row.state in RUNNABLE and row.dispatched_at is None and row.stuck_reason is None
         # A due run keeps its wake-up time: moved to this transaction's now(), it could turn later
         # than the now() of a claim already waiting on the row lock, which would then fail.
-        if row.state in _RUNNABLE and not row.due:
+        if row.state in RUNNABLE and not row.due:
             values["next_wakeup_at"] = self.clock.now
         if send:
             values["dispatched_at"] = self.clock.now
@@ -268,7 +266,7 @@ class SQLBase:
         row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).first()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}", run_id=run_id)
-        if row.state in TERMINAL_STATES:
+        if row.state in TERMINAL:
             raise RunFinished(f"run {run_id} is {row.state}; it cannot {action}.", run_id=run_id, state=row.state)
         return row
 

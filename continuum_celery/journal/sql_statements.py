@@ -17,7 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .rules import CHILD_OUTCOMES, RUNNABLE, TERMINAL
+from ..states import RUNNABLE, TERMINAL
+from .rules import CHILD_OUTCOMES
 from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, snapshots, timers
 
 #: SQLite's clock in SQLAlchemy's stored datetime text (SQLite gives milliseconds; the zeros pad to micro).

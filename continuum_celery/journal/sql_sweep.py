@@ -28,10 +28,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..states import RUNNABLE
 from .base import Dispatch
 from .rules import REDISPATCH_BACKOFF_CAP, attempt_timeout_error
 from .schema import activity_tasks, runs
-from .sql_base import _RUNNABLE
 from .sql_tasks import TasksMixin
 
 #: Due rows counted at most per kind for the ``due_backlog`` figure, so counting stays bounded.
@@ -46,7 +46,7 @@ def _state_is(column: Any, *states: str) -> Any:
 
 def due_runs_where(now: Any) -> list[Any]:
     """Runs a worker may claim now: runnable, not parked, wake-up time reached (index ``continuum_runs_due``)."""
-    return [_state_is(runs.c.state, *_RUNNABLE), runs.c.stuck_reason.is_(None), runs.c.next_wakeup_at <= now]
+    return [_state_is(runs.c.state, *RUNNABLE), runs.c.stuck_reason.is_(None), runs.c.next_wakeup_at <= now]
 
 
 def expired_runs_where(now: Any) -> list[Any]:

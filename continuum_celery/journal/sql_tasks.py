@@ -11,6 +11,7 @@ from ..errors import (
 )
 from ..events import Kind
 from ..serialization import dumps, loads
+from ..states import TERMINAL
 from .base import (
     ActivityClaim,
     ActivityOutcome,
@@ -18,7 +19,6 @@ from .base import (
 )
 from .rules import retry_delay
 from .schema import (
-    TERMINAL_STATES,
     activity_results,
     activity_tasks,
     events,
@@ -146,7 +146,7 @@ class TasksMixin(SQLBase):
         run = conn.execute(
             sa.select(runs.c.state, runs.c.cancel_requested_at, runs.c.cancel_journaled).where(runs.c.id == task.run_id)
         ).first()
-        if run is None or run.state in TERMINAL_STATES:
+        if run is None or run.state in TERMINAL:
             return False
         if task.kind != "activity" or run.cancel_requested_at is None:
             return True

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from continuum_celery.events import COMMANDS, OUTCOMES, TERMINAL_EVENTS
-from continuum_celery.journal.schema import TERMINAL_STATES
+from continuum_celery.states import TERMINAL as TERMINAL_STATES
 from tests.support.stack import wait_until
 
 #: Runs a statement with bound parameters and returns its rows, like ``Stack.sql``.
