@@ -1,4 +1,4 @@
-"""The journal contract: what every adapter (in-memory, SQL) guarantees.
+"""The journal contract: what the SQL journal guarantees on SQLite and on PostgreSQL.
 
 Invariants every implementation keeps (each has a test in tests/journal):
 

@@ -1,4 +1,4 @@
-"""The pure rules every journal adapter applies, so the SQL journal and its in-memory twin agree.
+"""The journal's decisions as pure functions, so storage code only reads and writes rows.
 
 Nothing here touches storage: given what a row holds, these functions say what
 the journal records (which outcome event a finished task or child becomes, how

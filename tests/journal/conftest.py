@@ -1,10 +1,9 @@
-"""The ``journal`` fixture: every contract test runs against each adapter.
+"""The ``journal`` fixture: every contract test runs against each backend of the SQL journal.
 
-Adapters: the in-memory twin (with a settable clock), SQLite (a migrated file
-per test) and PostgreSQL (the shared test database, emptied per test).
-``travel(seconds)`` moves each adapter's time forward: the memory clock
-advances; in SQL every stored timestamp moves back by that much, which is the
-same thing as far as any comparison with ``now()`` goes. ``state()`` dumps the
+Backends: SQLite (a migrated file per test) and PostgreSQL (the shared test
+database, emptied per test). ``travel(seconds)`` moves the journal's time
+forward: every stored timestamp moves back by that much, which is the same
+thing as far as any comparison with ``now()`` goes. ``state()`` dumps the
 whole journal, to prove an operation wrote nothing.
 """
 
@@ -19,30 +18,13 @@ import pytest
 import sqlalchemy as sa
 
 from continuum_celery.journal.base import Journal
-from continuum_celery.journal.memory import MemoryJournal
 from continuum_celery.journal.schema import UTCDateTime, metadata, migrate
 from continuum_celery.journal.sql import SQLJournal
 
 
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]:
-    """One journal adapter, empty."""
-    if request.param == "memory":
-        yield MemoryJournal(clock=ManualClock())
-        return
+    """One journal, empty."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'journal.sqlite3'}"
         migrate(url)
@@ -75,21 +57,15 @@ def travel(journal: Journal) -> Callable[[float], None]:
     """Move the journal's time forward by some seconds."""
 
     def move(seconds: float) -> None:
-        if isinstance(journal, MemoryJournal):
-            assert isinstance(journal.clock, ManualClock)
-            journal.clock.advance(seconds)
-        else:
-            assert isinstance(journal, SQLJournal)
-            _sql_shift(journal.engine, seconds)
+        assert isinstance(journal, SQLJournal)
+        _sql_shift(journal.engine, seconds)
 
     return move
 
 
 @pytest.fixture
 def journal_now(journal: Journal) -> Callable[[], datetime]:
-    """The journal's idea of now (the memory clock, or this machine's clock for SQL)."""
-    if isinstance(journal, MemoryJournal):
-        return journal.clock
+    """The journal's idea of now: the database's clock, which is this machine's."""
     return lambda: datetime.now(timezone.utc)
 
 
@@ -98,8 +74,6 @@ def state(journal: Journal) -> Callable[[], Any]:
     """Dump every table of the journal (to compare before and after a refused write)."""
 
     def dump() -> Any:
-        if isinstance(journal, MemoryJournal):
-            return journal.snapshot()
         assert isinstance(journal, SQLJournal)
         with journal.engine.connect() as conn:
             return {
