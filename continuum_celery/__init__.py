@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import RunHandle
-from .context import WorkflowContext
-from .definitions import RetryPolicy, activity, workflow
+from . import runtime
+from .context import ActivityFuture, ChildHandle, WorkflowContext
+from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, activity, workflow
 from .errors import (
     ActivityFailed,
     ChildCancelled,
     ChildFailed,
     ConfigurationError,
     ContinuumError,
+    DefinitionError,
     InvalidArgument,
+    JournalError,
     LeaseLost,
     NondeterminismError,
     PayloadError,
@@ -29,22 +31,29 @@ from .errors import (
     SignalTimeout,
     UnknownVersion,
     UnknownWorkflow,
+    WorkflowError,
     WorkflowFailed,
 )
 from .installer import Continuum
+from .runtime import RunHandle
 
 __all__ = [
     # defining workflows
     "workflow",
     "activity",
     "RetryPolicy",
+    "ActivityDefinition",
+    "WorkflowDefinition",
     "WorkflowContext",
+    "ActivityFuture",
+    "ChildHandle",
     # running them
     "Continuum",
     "RunHandle",
     "get_run",
     "app",
     # errors raised inside workflows
+    "WorkflowError",
     "ActivityFailed",
     "SignalTimeout",
     "ChildFailed",
@@ -54,6 +63,7 @@ __all__ = [
     "ContinuumError",
     "ConfigurationError",
     "SchemaNotMigrated",
+    "DefinitionError",
     "InvalidArgument",
     "PayloadError",
     "UnknownWorkflow",
@@ -61,6 +71,7 @@ __all__ = [
     "RunNotFound",
     "RunConflict",
     "RunFinished",
+    "JournalError",
     "LeaseLost",
     "NondeterminismError",
     "WorkflowFailed",
@@ -69,9 +80,17 @@ __all__ = [
 
 def get_run(run_id: str) -> RunHandle:
     """A handle on an existing run of the current engine. Raises RunNotFound."""
-    from .installer import current
+    return runtime.current().get_run(run_id)
 
-    return current().client.get(run_id)
+
+def _install_default_app() -> None:
+    # With no engine installed, the API uses the bundled app's (configured from the environment).
+    from .app import get_default_app
+
+    get_default_app()
+
+
+runtime.set_default(_install_default_app)
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,8 @@ from .cli_context import EXIT_FAILED, CommandFailed, ContinuumGroup, Operator, o
 from .cli_format import compact, echo_json
 from .cli_runs import runs
 from .cli_versions import replay_check, versions
-from .client import validate_run_id, validate_signal_name
 from .errors import RunFinished
+from .ids import validate_run_id, validate_signal_name
 from .serialization import check_json, roundtrip
 
 

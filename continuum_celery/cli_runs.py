@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from .cli_context import ContinuumGroup, operator
 from .cli_format import ago, compact, echo_json, jsonable, parse_age, stamp, table, when
+from .events import Kind
 from .inspection import RunDetail, TimelineEntry, run_detail
 from .journal.base import RunRecord
 from .states import RUN_STATES
@@ -18,7 +20,7 @@ MAX_PAGE = 1000
 
 
 def _short(name: str | None) -> str:
-    """The last dotted part of an activity or workflow name (``workflows.orders.charge`` -> ``charge``)."""
+    """The last dotted part of an activity or workflow name (``shop.orders.charge`` -> ``charge``)."""
     return (name or "?").rsplit(".", 1)[-1]
 
 
@@ -28,42 +30,58 @@ def _error_text(error: Any) -> str:
     return f"{error.get('type', 'Error')}: {error.get('message', '')}"
 
 
+def _retry_text(e: TimelineEntry, p: dict[str, Any]) -> str:
+    stuck = f" (cleared stuck: {p['stuck_reason']})" if p.get("stuck_reason") else ""
+    moved = "".join(f"; {_short(a.get('activity'))} attempt {a.get('attempt')} now" for a in p.get("activities") or [])
+    return f"retry requested by {p.get('by')}{stuck}{moved}"
+
+
+def _wait_text(e: TimelineEntry, p: dict[str, Any]) -> str:
+    until = f" until {p['timeout_at']}" if p.get("timeout_at") else ""
+    return f"waiting for signal {e.name!r}{until}"
+
+
+_Describe = Callable[[TimelineEntry, dict[str, Any]], str]
+
+#: One readable line per event kind (a command's line is followed by its command number).
+DESCRIPTIONS: dict[Kind, _Describe] = {
+    Kind.RUN_STARTED: lambda e, p: f"started {p.get('workflow', '')} with input {compact(p.get('input'), 60)}",
+    Kind.ACTIVITY_SCHEDULED: lambda e, p: f"scheduled {_short(e.name)}({compact(p.get('args', []), 50)[1:-1]})",
+    Kind.ACTIVITY_COMPLETED: lambda e, p: f"{_short(e.name)} completed after {p.get('attempts')} attempt(s): "
+    f"{compact(p.get('result'), 60)}",
+    Kind.ACTIVITY_FAILED: lambda e, p: f"{_short(e.name)} failed after {p.get('attempts')} attempt(s): "
+    f"{_error_text(p.get('error'))}",
+    Kind.COMPENSATION_SCHEDULED: lambda e, p: f"scheduled compensation {_short(e.name)}",
+    Kind.COMPENSATION_COMPLETED: lambda e, p: f"compensation {_short(e.name)} completed",
+    Kind.COMPENSATION_FAILED: lambda e, p: f"compensation {_short(e.name)} failed: {_error_text(p.get('error'))}",
+    Kind.TIMER_SCHEDULED: lambda e, p: f"sleeping until {p.get('fire_at')}",
+    Kind.TIMER_FIRED: lambda e, p: "timer fired",
+    Kind.SIGNAL_WAIT: _wait_text,
+    Kind.SIGNAL_RECEIVED: lambda e, p: f"signal {e.name!r} received: {compact(p.get('payload'), 60)}",
+    Kind.SIGNAL_TIMED_OUT: lambda e, p: f"signal {e.name!r} timed out",
+    Kind.CHILD_STARTED: lambda e, p: f"started child {e.name} run {p.get('run_id')}",
+    Kind.CHILD_COMPLETED: lambda e, p: f"child run {p.get('run_id')} completed: {compact(p.get('result'), 60)}",
+    Kind.CHILD_FAILED: lambda e, p: f"child run {p.get('run_id')} failed: {_error_text(p.get('error'))}",
+    Kind.CHILD_CANCELLED: lambda e, p: f"child run {p.get('run_id')} cancelled",
+    Kind.SIDE_EFFECT: lambda e, p: f"{e.name}() = {compact(p.get('value'), 60)}",
+    Kind.PATCH_MARKER: lambda e, p: f"patch {e.name!r} applied",
+    Kind.CANCEL_REQUESTED: lambda e, p: "cancel requested",
+    Kind.RUN_COMPLETED: lambda e, p: f"completed: {compact(p.get('result'), 70)}",
+    Kind.RUN_FAILED: lambda e, p: f"failed: {_error_text(p.get('error'))}",
+    Kind.RUN_CANCELLED: lambda e, p: "cancelled",
+    Kind.RUN_CONTINUED: lambda e, p: f"continued as new run {p.get('next_run_id')}",
+    Kind.RETRY_REQUESTED: _retry_text,
+}
+
+
 def describe_event(e: TimelineEntry) -> str:
     """One readable line for a journal event."""
-    p, kind, cmd = e.payload, e.kind, f" [cmd {e.command_id}]" if e.command_id is not None else ""
-    described: dict[str, str] = {
-        "run_started": f"started {p.get('workflow', '')} with input {compact(p.get('input'), 60)}",
-        "activity_scheduled": f"scheduled {_short(e.name)}({compact(p.get('args', []), 50)[1:-1]}){cmd}",
-        "activity_completed": f"{_short(e.name)} completed after {p.get('attempts')} attempt(s): "
-        f"{compact(p.get('result'), 60)}{cmd}",
-        "activity_failed": f"{_short(e.name)} failed after {p.get('attempts')} attempt(s): "
-        f"{_error_text(p.get('error'))}{cmd}",
-        "compensation_scheduled": f"scheduled compensation {_short(e.name)}{cmd}",
-        "compensation_completed": f"compensation {_short(e.name)} completed{cmd}",
-        "compensation_failed": f"compensation {_short(e.name)} failed: {_error_text(p.get('error'))}{cmd}",
-        "timer_scheduled": f"sleeping until {p.get('fire_at')}{cmd}",
-        "timer_fired": f"timer fired{cmd}",
-        "signal_wait": f"waiting for signal {e.name!r}"
-        + (f" until {p['timeout_at']}" if p.get("timeout_at") else "")
-        + cmd,
-        "signal_received": f"signal {e.name!r} received: {compact(p.get('payload'), 60)}{cmd}",
-        "signal_timed_out": f"signal {e.name!r} timed out{cmd}",
-        "child_started": f"started child {e.name} run {p.get('run_id')}{cmd}",
-        "child_completed": f"child run {p.get('run_id')} completed: {compact(p.get('result'), 60)}{cmd}",
-        "child_failed": f"child run {p.get('run_id')} failed: {_error_text(p.get('error'))}{cmd}",
-        "child_cancelled": f"child run {p.get('run_id')} cancelled{cmd}",
-        "side_effect": f"{e.name}() = {compact(p.get('value'), 60)}{cmd}",
-        "patch_marker": f"patch {e.name!r} applied{cmd}",
-        "cancel_requested": "cancel requested",
-        "run_completed": f"completed: {compact(p.get('result'), 70)}",
-        "run_failed": f"failed: {_error_text(p.get('error'))}",
-        "run_cancelled": "cancelled",
-        "run_continued": f"continued as new run {p.get('next_run_id')}",
-        "retry_requested": f"retry requested by {p.get('by')}"
-        + (f" (cleared stuck: {p['stuck_reason']})" if p.get("stuck_reason") else "")
-        + "".join(f"; {_short(a.get('activity'))} attempt {a.get('attempt')} now" for a in p.get("activities") or []),
-    }
-    return described.get(kind, f"{kind} {e.name or ''} {compact(p, 60)}".strip())
+    try:
+        describe = DESCRIPTIONS[Kind(e.kind)]
+    except (ValueError, KeyError):  # a kind written by a newer release
+        return f"{e.kind} {e.name or ''} {compact(e.payload, 60)}".strip()
+    cmd = f" [cmd {e.command_id}]" if e.command_id is not None else ""
+    return describe(e, e.payload) + cmd
 
 
 def _record_json(run: RunRecord) -> dict[str, Any]:

@@ -25,18 +25,12 @@ from .errors import (
     SignalTimeout,
 )
 from .events import Event, Kind
-from .replay import Execution
+from .ids import validate_run_id
+from .replay import ContinueAsNewRequest, Execution
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, roundtrip
 from .telemetry import run_logger
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ContinueAsNewRequest:
-    """Returned by ``ctx.continue_as_new``; the body must return it."""
-
-    input: Any
 
 
 @dataclass(frozen=True)
@@ -181,7 +175,7 @@ class WorkflowContext:
         """
         return self.start_activity(act, *args, **options).result()
 
-    def gather(self, futures: Sequence[_Future], return_exceptions: bool = False) -> list[Any]:
+    def gather(self, futures: Sequence[_Future], *, return_exceptions: bool = False) -> list[Any]:
         """Wait for every future; return results in order.
 
         With ``return_exceptions=True`` a failure takes its place in the list as the
@@ -251,7 +245,7 @@ class WorkflowContext:
         cid, _ = self._execution.command(Kind.SIGNAL_WAIT, name, {"timeout_at": timeout_at})
         return _Future(self, cid, f"signal {name!r}").result()
 
-    def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, run_id: str | None = None) -> ChildHandle:
+    def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, *, run_id: str | None = None) -> ChildHandle:
         """Start a child run; its end reaches this run as an outcome. Returns its handle.
 
         The child carries this run's correlation id; a child still running when this run
@@ -260,8 +254,6 @@ class WorkflowContext:
         if not isinstance(wf, WorkflowDefinition):
             raise InvalidArgument(f"ctx.start_child needs a @workflow, got {wf!r}.")
         check_json(input, f"input of child workflow {wf.name}", self._max_payload)
-        from .client import validate_run_id
-
         # Derived from the parent and the command number, so a replay names the same child.
         derived = uuid.uuid5(uuid.NAMESPACE_URL, f"continuum:{self.run_id}:child:{self._execution.next_command_id}")
         proposed = validate_run_id(run_id) if run_id else str(derived)

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from . import runtime
 from .errors import DefinitionError, UnknownWorkflow
+from .runtime import RunHandle
 from .versioning import check_compatible_with
 from .versioning import registry as workflow_registry
 from .versioning import version_hash as compute_version_hash
 
 if TYPE_CHECKING:
     from celery.canvas import Signature
-
-    from .client import RunHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -213,18 +213,16 @@ class WorkflowDefinition(Generic[R]):
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
 
-    def start(self, input: Any = None, run_id: str | None = None) -> RunHandle:
+    def start(self, input: Any = None, *, run_id: str | None = None) -> RunHandle:
         """Start a run of this workflow (idempotent on ``run_id``) and return its handle.
 
         Raises:
             PayloadError: ``input`` is not JSON. InvalidArgument: ``run_id`` is malformed.
             RunConflict: ``run_id`` already names a run with another workflow or input.
         """
-        from .installer import current
+        return runtime.current().start_run(self, input, run_id=run_id)
 
-        return current().client.start(self, input, run_id=run_id)
-
-    def delay(self, input: Any = None, run_id: str | None = None) -> RunHandle:
+    def delay(self, input: Any = None, *, run_id: str | None = None) -> RunHandle:
         """Alias of :meth:`start`, as with Celery tasks."""
         return self.start(input, run_id=run_id)
 
@@ -234,9 +232,7 @@ class WorkflowDefinition(Generic[R]):
         In a chain, the previous task's result becomes the workflow input;
         the task returns the run id to the next link.
         """
-        from .installer import current
-
-        return current().start_signature(self.name, args, run_id=run_id)
+        return runtime.current().start_signature(self.name, args, run_id=run_id)
 
     def __call__(self, ctx: Any, input: Any = None) -> R:
         return self.fn(ctx, input)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .cli_format import compact, table
-from .client import RunHandle
 from .embedded import embedded_engine, running_worker
 from .errors import WorkflowFailed
+from .runtime import RunHandle
 
 DEMO_DEADLINE = 60.0
 LABEL_WIDTH = 48

@@ -18,8 +18,9 @@ from celery import signals
 from celery.canvas import Signature
 from celery.utils.log import current_process_index
 
+from . import runtime
 from .cache import ExecutionCache
-from .client import Client
+from .client import Client, JournalRunHandle
 from .config import Settings
 from .dispatch import START_TASK, SWEEP_TASK, Dispatcher
 from .errors import ConfigurationError
@@ -40,11 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_engines: dict[str, Continuum] = {}
-_current: Continuum | None = None
 
 
-class Continuum:
+class Continuum(runtime.Runtime):
     """The engine bound to one Celery app.
 
     Args:
@@ -65,7 +64,6 @@ class Continuum:
         journal: Journal | None = None,
         **settings: Any,
     ) -> None:
-        global _current
         self.app = app
         self.settings = Settings.resolve(
             app.conf, database_url=database_url, redis_url=redis_url, name=name, **settings
@@ -98,8 +96,7 @@ class Continuum:
             routes = {f"continuum.{n}": {"queue": self.settings.queue} for n in ("replay", "start", "sweep")}
             app.conf.task_routes = [routes, *(_as_list(app.conf.task_routes))]
         self._connect_signals()
-        _engines[self.settings.name] = self
-        _current = self
+        runtime.install(self, self.settings.name)
 
     # ---- lazily built parts (after fork, in the process that uses them) -------------------
 
@@ -159,8 +156,13 @@ class Continuum:
 
     # ---- operations ----------------------------------------------------------------------
 
-    def start_signature(self, workflow: str, args: tuple[Any, ...], run_id: str | None = None) -> Signature:
-        """A ``continuum.start`` signature for use in chains, groups and chords."""
+    def start_run(self, definition: Any, input: Any, *, run_id: str | None = None) -> JournalRunHandle:
+        return self.client.start(definition, input, run_id=run_id)
+
+    def get_run(self, run_id: str) -> JournalRunHandle:
+        return self.client.get(run_id)
+
+    def start_signature(self, workflow: str, args: tuple[Any, ...], *, run_id: str | None = None) -> Signature:
         options: dict[str, Any] = {"queue": self.settings.queue} if self.settings.queue else {}
         # The input may hold secrets: monitors (Flower, events) see this text instead of the arguments.
         options["argsrepr"] = f"{workflow} input=<hidden>"
@@ -326,19 +328,11 @@ def _as_list(routes: Any) -> list[Any]:
 
 def current(name: str | None = None) -> Continuum:
     """The installed engine (by name, or the most recent); the default app's if none was installed."""
-    if name is not None:
-        try:
-            return _engines[name]
-        except KeyError:
-            raise ConfigurationError(f"no Continuum engine named {name!r}; installed: {sorted(_engines)}") from None
-    if _current is None:
-        from .app import get_default_app
-
-        get_default_app()
-    assert _current is not None
-    return _current
+    engine = runtime.current(name)
+    assert isinstance(engine, Continuum)
+    return engine
 
 
 def engines_of(app: Any) -> list[Continuum]:
     """The engines installed on ``app`` (usually one), in installation order."""
-    return [engine for engine in _engines.values() if engine.app is app]
+    return [engine for engine in runtime.installed() if isinstance(engine, Continuum) and engine.app is app]

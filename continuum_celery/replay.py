@@ -25,6 +25,13 @@ from .serialization import encode_error
 
 
 @dataclass(frozen=True)
+class ContinueAsNewRequest:
+    """Returned by ``ctx.continue_as_new``; the body must return it."""
+
+    input: Any
+
+
+@dataclass(frozen=True)
 class Complete:
     """The body returned ``result``."""
 
@@ -279,8 +286,6 @@ class Execution:
         raise _Abort()
 
     def _main(self) -> None:
-        from .context import ContinueAsNewRequest
-
         try:
             try:
                 result = self._fn(self.context, self._input)

@@ -8,17 +8,38 @@ results (results live in the journal) and never use Celery's own retries.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import telemetry
-from .dispatch import ACTIVITY_TASK, REPLAY_TASK, START_TASK, SWEEP_TASK
+from .client import Client
+from .config import Settings
+from .dispatch import ACTIVITY_TASK, REPLAY_TASK, START_TASK, SWEEP_TASK, Dispatcher
 from .errors import InvalidArgument, LeaseLost
 from .executor import run_attempt
+from .journal.base import Journal
+from .stepper import Stepper
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .installer import Continuum
+
+class TaskEngine(Protocol):
+    """What the internal tasks need of their engine (:class:`~continuum_celery.installer.Continuum`)."""
+
+    settings: Settings
+    dispatcher: Dispatcher
+    client: Client
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def stepper(self) -> Stepper: ...
+
+    @property
+    def owner(self) -> str: ...
+
+    def sweep_once(self) -> int: ...
 
 TASK_OPTIONS: dict[str, Any] = {
     # Bound to this app only: a shared task would be copied into every app finalized
@@ -31,7 +52,7 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def register_tasks(app: Celery, engine: Continuum) -> None:
+def register_tasks(app: Celery, engine: TaskEngine) -> None:
     """Define ``continuum.replay``, ``.activity``, ``.start`` and ``.sweep`` on ``app``."""
 
     @app.task(name=REPLAY_TASK, **TASK_OPTIONS)

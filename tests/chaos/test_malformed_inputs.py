@@ -24,7 +24,7 @@ from continuum_celery import (
     UnknownWorkflow,
     get_run,
 )
-from continuum_celery.client import RunHandle
+from continuum_celery.client import JournalRunHandle
 from continuum_celery.definitions import get_workflow
 from continuum_celery.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from tests.chaos.faults import Phases
@@ -134,7 +134,7 @@ def _deep(levels: int) -> list[Any]:
     return value
 
 
-def client_cases(waiting: RunHandle, finished: RunHandle, client: Any) -> Iterator[Case]:
+def client_cases(waiting: JournalRunHandle, finished: JournalRunHandle, client: Any) -> Iterator[Case]:
     """900 malformed calls of the client API, generated from the lists above."""
     start, call = waiter_flow.start, functools.partial
     where = re.escape(f"input of workflow {waiter_flow.name}")
@@ -160,7 +160,8 @@ def client_cases(waiting: RunHandle, finished: RunHandle, client: Any) -> Iterat
         yield Case(f"signal name {bad!r}", call(waiting.signal, bad, 1), InvalidArgument, r"signal name .* malformed")
     for i in range(100):  # 100
         run_id = f"no-such-run-{i}"
-        lookup: Callable[[], Any] = call(RunHandle(client, run_id).signal, "go", 1) if i % 2 else call(get_run, run_id)
+        handle = JournalRunHandle(client, run_id)
+        lookup: Callable[[], Any] = call(handle.signal, "go", 1) if i % 2 else call(get_run, run_id)
         yield Case(f"unknown run {run_id}", lookup, RunNotFound, re.escape(f"no run with id '{run_id}'"))
     for leaf, named in itertools.islice(itertools.cycle(BAD_LEAVES), 40):  # 40
         payload = {"v": [leaf]}

@@ -18,7 +18,7 @@ from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
-from continuum_celery import Continuum, installer
+from continuum_celery import Continuum, runtime
 from continuum_celery.cli import main
 from continuum_celery.embedded import embedded_engine, running_worker
 from continuum_celery.journal.base import NewRun
@@ -264,8 +264,8 @@ def test_signal_with_the_broker_down_is_stored_and_says_the_sweep_will_send_it(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # This engine exists for this test only: keep it out of the process-wide registry afterwards.
-    monkeypatch.setattr(installer, "_engines", dict(installer._engines))
-    monkeypatch.setattr(installer, "_current", installer._current)
+    monkeypatch.setattr(runtime, "_engines", dict(runtime._engines))
+    monkeypatch.setattr(runtime, "_current", runtime._current)
     down = Celery("down", broker="redis://127.0.0.1:1/0")
     Continuum(down, database_url=fleet.url, name=f"down-{uuid.uuid4().hex[:6]}")
     result = cli(fleet, "signal", fleet.ids["child"], "go", "7", app=down)

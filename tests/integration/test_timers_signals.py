@@ -13,7 +13,7 @@ import redis
 import sqlalchemy as sa
 
 from continuum_celery import InvalidArgument, PayloadError, RunFinished, RunNotFound, get_run
-from continuum_celery.client import RunHandle
+from continuum_celery.client import JournalRunHandle
 from continuum_celery.journal.base import NewRun
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.notify import RedisNotifier
@@ -160,7 +160,7 @@ def test_signals_sent_before_the_wait_during_it_and_a_wait_that_times_out(tstack
     with pytest.raises(RunNotFound, match="no run with id 'no-such-run'"):
         get_run("no-such-run")
     with pytest.raises(RunNotFound, match="no run with id 'no-such-run'"):
-        RunHandle(tstack.client().client, "no-such-run").signal("x", 1)
+        JournalRunHandle(tstack.client().client, "no-such-run").signal("x", 1)
     with pytest.raises(PayloadError):
         during.signal("go", {"not": object()})
     with pytest.raises(InvalidArgument, match="signal name"):

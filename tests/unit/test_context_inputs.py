@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from continuum_celery import InvalidArgument, PayloadError, UnknownWorkflow, activity, installer, workflow
+from continuum_celery import InvalidArgument, PayloadError, UnknownWorkflow, activity, installer, runtime, workflow
 from continuum_celery.context import RunInfo, context_factory
 from continuum_celery.definitions import get_workflow
 from continuum_celery.dispatch import START_TASK
@@ -120,12 +120,12 @@ def engine(tmp_path: Path) -> Iterator[installer.Continuum]:
     url = f"sqlite:///{tmp_path / 'journal.sqlite3'}"
     migrate(url)
     journal = SQLJournal(url)
-    saved = (installer._current, dict(installer._engines))
+    saved = (runtime._current, dict(runtime._engines))
     name = f"inputs-{uuid.uuid4().hex[:6]}"
     try:
         yield installer.Continuum(embedded_app(name), journal=journal, name=name, max_payload_bytes=2_000)
     finally:
-        installer._current, installer._engines = saved[0], saved[1]
+        runtime._current, runtime._engines = saved[0], saved[1]
         journal.close()
 
 

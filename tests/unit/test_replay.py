@@ -286,7 +286,8 @@ def test_continue_as_new_ends_the_run_with_the_next_input(live: Callable[..., Li
 def gathered(ctx: Any, tolerant: bool) -> Any:
     futures = [ctx.start_activity(add, 1, 1), ctx.start_activity(mul, 2, 2)]
     if tolerant:
-        return [r if not isinstance(r, ActivityFailed) else r.attempts for r in ctx.gather(futures, True)]
+        outcomes = ctx.gather(futures, return_exceptions=True)
+        return [r if not isinstance(r, ActivityFailed) else r.attempts for r in outcomes]
     try:
         return ctx.gather(futures)
     except ActivityFailed as exc:

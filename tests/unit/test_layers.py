@@ -1,0 +1,134 @@
+"""Every import in the package points down the layers, and no import closes a circle.
+
+Imports are read from the source (module level, inside functions, and under
+``TYPE_CHECKING`` alike), so a lazy import cannot hide an upward edge. The
+layers are the README's Layout section, lowest first; a module may import its
+own layer or a lower one. A new module must be placed in a layer here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "continuum_celery"
+ROOT = Path(__file__).resolve().parents[2] / PACKAGE
+
+#: Lowest first. ``journal.*`` stands for every module of the journal package.
+LAYERS: list[list[str]] = [
+    ["errors", "serialization", "events", "states", "ids"],
+    ["config", "telemetry", "tracing", "metrics"],
+    ["runtime", "versioning", "definitions"],
+    ["replay", "context", "snapshots"],
+    ["journal.*"],
+    ["leases", "wakeups", "notify", "routing", "cache", "dispatch"],
+    ["executor", "stepper", "client"],
+    ["tasks", "installer"],
+    ["app", "embedded"],
+    ["<root>"],
+    ["examples.*"],
+    ["cli_format", "inspection", "doctor", "replay_check", "testing", "demo"],
+    ["cli_context", "cli_runs", "cli_versions", "cli"],
+]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[0] == "migrations":
+            continue  # Alembic scripts, loaded by Alembic, never imported by the package
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name or "<root>"] = path
+    return found
+
+
+def _layer_of(module: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        for entry in layer:
+            if entry == module or (entry.endswith(".*") and (module + ".").startswith(entry[:-1])):
+                return index
+    raise AssertionError(f"module {PACKAGE}.{module} is in no layer: add it to LAYERS in {__file__}")
+
+
+def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``module`` imports (``<root>`` for names taken from ``__init__``)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    if module == "<root>":
+        package = ""
+    edges: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                if not (node.module or "").startswith(PACKAGE):
+                    continue
+                source = (node.module or "")[len(PACKAGE) + 1 :]
+            targets = [(source, alias.name) for alias in node.names]
+        else:
+            continue
+        for source, name in targets:
+            if name is None:
+                if not source.startswith(PACKAGE):
+                    continue
+                source = source[len(PACKAGE) + 1 :]
+            sub = f"{source}.{name}" if source and name else name or ""
+            if name is not None and sub in modules:
+                edges.add(sub)  # ``from pkg import submodule``
+            elif (source or "<root>") in modules:
+                edges.add(source or "<root>")
+    edges.discard(module)
+    return edges
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_every_import_points_down_the_layers() -> None:
+    upward = [
+        f"{PACKAGE}.{module} (layer {_layer_of(module)}) imports {PACKAGE}.{target} (layer {_layer_of(target)})"
+        for module, targets in sorted(_graph().items())
+        for target in sorted(targets)
+        if _layer_of(target) > _layer_of(module)
+    ]
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = _graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return None
+        for target in sorted(graph[module]):
+            cycle = visit(target, path + [module])
+            if cycle:
+                return cycle
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module, [])
+        assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .client import RunHandle\n"
+        "def f():\n    from .installer import Continuum\n    from . import telemetry\n"
+    )
+    path = tmp_path / "definitions.py"
+    path.write_text(source)
+    modules = {"client": path, "installer": path, "telemetry": path, "definitions": path}
+    assert _imports("definitions", path, modules) == {"client", "installer", "telemetry"}
