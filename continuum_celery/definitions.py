@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import runtime
 from .errors import DefinitionError, UnknownWorkflow
+from .hashing import version_hash as compute_version_hash
 from .runtime import RunHandle
 from .versioning import check_compatible_with
 from .versioning import registry as workflow_registry
-from .versioning import version_hash as compute_version_hash
 
 if TYPE_CHECKING:
     from celery.canvas import Signature

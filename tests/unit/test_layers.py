@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[list[str]] = [
     ["errors", "serialization", "events", "states", "ids"],
     ["config", "telemetry", "tracing", "metrics"],
-    ["runtime", "versioning", "definitions"],
+    ["hashing", "runtime", "versioning", "definitions"],
     ["replay", "context", "snapshots"],
     ["journal.*"],
     ["leases", "wakeups", "notify", "routing", "cache", "dispatch"],

@@ -23,7 +23,8 @@ import pytest
 
 from continuum_celery import versioning
 from continuum_celery.errors import DefinitionError, UnknownVersion, UnknownWorkflow
-from continuum_celery.versioning import Registry, version_hash
+from continuum_celery.hashing import version_hash
+from continuum_celery.versioning import Registry
 
 PRELUDE = """\
 import functools
