@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime
-from .context import ActivityFuture, ChildHandle, WorkflowContext
+from .context import WorkflowContext
 from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, activity, workflow
 from .errors import (
     ActivityFailed,
@@ -34,6 +34,7 @@ from .errors import (
     WorkflowError,
     WorkflowFailed,
 )
+from .futures import ActivityFuture, ChildHandle
 from .installer import Continuum
 from .runtime import RunHandle
 

@@ -16,17 +16,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
 from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, get_activity
-from .errors import (
-    ActivityFailed,
-    ChildCancelled,
-    ChildFailed,
-    ContinuumError,
-    InvalidArgument,
-    SignalTimeout,
-)
-from .events import Event, Kind
+from .errors import ContinuumError, InvalidArgument
+from .events import Kind
+from .futures import ActivityFuture, ChildHandle, Future
 from .ids import validate_run_id
 from .replay import ContinueAsNewRequest, Execution
+from .saga import Saga
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, roundtrip
 from .telemetry import run_logger
 
@@ -62,37 +57,6 @@ def activity_ref(act: Any) -> tuple[str, ActivityDefinition[Any, Any] | None, An
     )
 
 
-class _Future:
-    """Something the body can wait on: an activity, a child run, a timer."""
-
-    def __init__(self, ctx: WorkflowContext, command_id: int, what: str) -> None:
-        self._ctx = ctx
-        self.command_id = command_id
-        self._what = what
-
-    def _event(self) -> Event:
-        self._ctx._execution.wait(lambda: self._ctx._execution.resolved(self.command_id) is not None, self._what)
-        event = self._ctx._execution.resolved(self.command_id)
-        assert event is not None
-        return event
-
-    def result(self) -> Any:
-        """Wait for the outcome; return the result or raise the failure."""
-        return self._ctx._outcome_value(self._event())
-
-
-class ActivityFuture(_Future):
-    """A started activity; ``result()`` waits for it (raises ``ActivityFailed``)."""
-
-
-class ChildHandle(_Future):
-    """A started child run; ``result()`` waits for it (raises ``ChildFailed`` / ``ChildCancelled``)."""
-
-    def __init__(self, ctx: WorkflowContext, command_id: int, what: str, run_id: str) -> None:
-        super().__init__(ctx, command_id, what)
-        self.id = run_id
-
-
 class WorkflowContext:
     """The body's handle on its run; the first argument of every workflow function."""
 
@@ -105,15 +69,12 @@ class WorkflowContext:
         self._execution = execution
         self.info = info
         self._max_payload = max_payload_bytes
-        self._completed: list[tuple[int, str, dict[str, Any]]] = []
-        self._compensable: dict[int, tuple[str, dict[str, Any]]] = {}
-        self._compensated: set[int] = set()
+        self._saga = Saga(execution)
         self._rng: _random.Random | None = None
         self._patches: dict[str, bool] = {}
         self.logger: logging.LoggerAdapter[logging.Logger] = run_logger(
             "continuum_celery.workflow", info.run_id, info.workflow
         )
-        execution.on_reveal(self._track_completion)
 
     @property
     def run_id(self) -> str:
@@ -164,8 +125,8 @@ class WorkflowContext:
         cid, _ = self._execution.command(Kind.ACTIVITY_SCHEDULED, name, payload)
         if defn is not None and defn.compensation is not None:
             undo_retry = defn.compensation_retry.to_json() if defn.compensation_retry else payload["retry"]
-            self._compensable[cid] = (name, {**payload, "retry": undo_retry})
-        return ActivityFuture(self, cid, f"activity {name}")
+            self._saga.remember(cid, name, {**payload, "retry": undo_retry})
+        return ActivityFuture(self._execution, cid, f"activity {name}")
 
     def run(self, act: Any, *args: Any, **options: Any) -> Any:
         """Run an activity durably and return its result (``start_activity(...).result()``).
@@ -175,7 +136,7 @@ class WorkflowContext:
         """
         return self.start_activity(act, *args, **options).result()
 
-    def gather(self, futures: Sequence[_Future], *, return_exceptions: bool = False) -> list[Any]:
+    def gather(self, futures: Sequence[Future], *, return_exceptions: bool = False) -> list[Any]:
         """Wait for every future; return results in order.
 
         With ``return_exceptions=True`` a failure takes its place in the list as the
@@ -183,7 +144,7 @@ class WorkflowContext:
         """
         futures = list(futures)
         self._execution.wait(
-            lambda: all(self._execution.resolved(f.command_id) is not None for f in futures),
+            lambda: all(f.done() for f in futures),
             f"{len(futures)} futures",
         )
         results: list[Any] = []
@@ -225,7 +186,7 @@ class WorkflowContext:
         cid, _ = self._execution.command(
             Kind.TIMER_SCHEDULED, None, {"fire_at": fire_at.astimezone(timezone.utc).isoformat()}
         )
-        _Future(self, cid, "a timer").result()
+        Future(self._execution, cid, "a timer").result()
 
     # ---- signals and children --------------------------------------------------------------
 
@@ -243,7 +204,7 @@ class WorkflowContext:
         assert self._execution.now is not None
         timeout_at = None if seconds is None else (self._execution.now + timedelta(seconds=seconds)).isoformat()
         cid, _ = self._execution.command(Kind.SIGNAL_WAIT, name, {"timeout_at": timeout_at})
-        return _Future(self, cid, f"signal {name!r}").result()
+        return Future(self._execution, cid, f"signal {name!r}").result()
 
     def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, *, run_id: str | None = None) -> ChildHandle:
         """Start a child run; its end reaches this run as an outcome. Returns its handle.
@@ -262,7 +223,7 @@ class WorkflowContext:
             wf.name,
             {"run_id": proposed, "input": roundtrip(input), "version_hash": wf.version_hash},
         )
-        return ChildHandle(self, cid, f"child {wf.name}", payload["run_id"])
+        return ChildHandle(self._execution, cid, f"child {wf.name}", payload["run_id"])
 
     def continue_as_new(self, input: Any) -> ContinueAsNewRequest:
         """End this run as ``continued`` and start the next one with ``input``: ``return ctx.continue_as_new(x)``."""
@@ -334,89 +295,13 @@ class WorkflowContext:
 
         Returns one record per compensation: ``{"activity", "command_id", "ok", "error"}``.
         """
-        in_flight = [cid for cid in self._compensable if self._execution.resolved(cid) is None]
-        if in_flight:
-            self._execution.wait(
-                lambda: all(self._execution.resolved(cid) is not None for cid in in_flight),
-                f"{len(in_flight)} activities to finish before compensating",
-            )
-        outcomes: list[dict[str, Any]] = []
-        for cid, name, result in reversed(self._completed):
-            if cid in self._compensated or cid not in self._compensable:
-                continue
-            self._compensated.add(cid)
-            _, scheduled = self._compensable[cid]
-            ccid, _ = self._execution.command(
-                Kind.COMPENSATION_SCHEDULED,
-                name,
-                {
-                    "for_command": cid,
-                    "args": scheduled["args"],
-                    "kwargs": scheduled["kwargs"],
-                    "result": result.get("result"),
-                    "retry": scheduled["retry"],
-                    "queue": scheduled["queue"],
-                    "timeout": scheduled["timeout"],
-                },
-            )
-            event = _Future(self, ccid, f"compensation of {name}")._event()
-            ok = event.kind is Kind.COMPENSATION_COMPLETED
-            outcomes.append(
-                {
-                    "activity": name,
-                    "command_id": cid,
-                    "ok": ok,
-                    "error": None if ok else event.payload.get("error"),
-                    "attempts": event.payload.get("attempts"),
-                }
-            )
-        return outcomes
+        return self._saga.compensate()
 
     # ---- internals ---------------------------------------------------------------------
 
     def checked_result(self, value: T) -> T:
         check_json(value, f"result of workflow {self.info.workflow}", self._max_payload)
         return cast(T, roundtrip(value))
-
-    def _track_completion(self, event: Event) -> None:
-        if event.kind is Kind.ACTIVITY_COMPLETED and event.command_id is not None:
-            self._completed.append((event.command_id, event.name or "", dict(event.payload)))
-
-    def _outcome_value(self, event: Event) -> Any:
-        payload = event.payload
-        kind = event.kind
-        if kind in (Kind.ACTIVITY_COMPLETED, Kind.CHILD_COMPLETED, Kind.COMPENSATION_COMPLETED):
-            return payload.get("result")
-        if kind is Kind.SIGNAL_RECEIVED:
-            return payload.get("payload")
-        if kind is Kind.TIMER_FIRED:
-            return None
-        error = payload.get("error") or {}
-        message = error.get("message", "")
-        if kind is Kind.ACTIVITY_FAILED:
-            raise ActivityFailed(
-                f"activity {event.name} failed after {payload.get('attempts', '?')} attempt(s): "
-                f"{error.get('type', 'Error')}: {message}",
-                activity=event.name,
-                error=error,
-                attempts=payload.get("attempts"),
-            )
-        if kind is Kind.SIGNAL_TIMED_OUT:
-            raise SignalTimeout(f"signal {event.name!r} did not arrive in time", signal=event.name)
-        if kind is Kind.CHILD_FAILED:
-            raise ChildFailed(
-                f"child run {payload.get('run_id')} ({event.name}) failed: {error.get('type', 'Error')}: {message}",
-                run_id=payload.get("run_id"),
-                workflow=event.name,
-                error=error,
-            )
-        if kind is Kind.CHILD_CANCELLED:
-            raise ChildCancelled(
-                f"child run {payload.get('run_id')} ({event.name}) was cancelled",
-                run_id=payload.get("run_id"),
-                workflow=event.name,
-            )
-        raise InvalidArgument(f"unexpected outcome {kind.value} for command {event.command_id}")
 
 
 def context_factory(

@@ -19,7 +19,7 @@ LAYERS: list[list[str]] = [
     ["errors", "serialization", "events", "states", "ids"],
     ["config", "telemetry", "tracing", "metrics"],
     ["hashing", "runtime", "versioning", "definitions"],
-    ["replay", "context", "snapshots"],
+    ["replay", "futures", "saga", "context", "snapshots"],
     ["journal.*"],
     ["leases", "wakeups", "notify", "routing", "cache", "dispatch"],
     ["executor", "stepper", "client"],

@@ -1,0 +1,88 @@
+"""What a workflow body waits on, and what each outcome event means to it.
+
+A future names a command; waiting on it lets the engine reveal journal events
+until that command's outcome is known. :func:`outcome_value` turns the outcome
+into the body's value, or into the exception the body sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ActivityFailed, ChildCancelled, ChildFailed, InvalidArgument, SignalTimeout
+from .events import Event, Kind
+from .replay import Execution
+
+
+class Future:
+    """Something the body can wait on: an activity, a child run, a timer, a signal."""
+
+    def __init__(self, execution: Execution, command_id: int, what: str) -> None:
+        self._execution = execution
+        self.command_id = command_id
+        self._what = what
+
+    def done(self) -> bool:
+        """True once the outcome is known (waiting on it would not block)."""
+        return self._execution.resolved(self.command_id) is not None
+
+    def event(self) -> Event:
+        """Wait for the outcome event."""
+        self._execution.wait(self.done, self._what)
+        event = self._execution.resolved(self.command_id)
+        assert event is not None
+        return event
+
+    def result(self) -> Any:
+        """Wait for the outcome; return the result or raise the failure."""
+        return outcome_value(self.event())
+
+
+class ActivityFuture(Future):
+    """A started activity; ``result()`` waits for it (raises ``ActivityFailed``)."""
+
+
+class ChildHandle(Future):
+    """A started child run; ``result()`` waits for it (raises ``ChildFailed`` / ``ChildCancelled``)."""
+
+    def __init__(self, execution: Execution, command_id: int, what: str, run_id: str) -> None:
+        super().__init__(execution, command_id, what)
+        self.id = run_id
+
+
+def outcome_value(event: Event) -> Any:
+    """The value an outcome gives the body, or the exception it raises there."""
+    payload = event.payload
+    kind = event.kind
+    if kind in (Kind.ACTIVITY_COMPLETED, Kind.CHILD_COMPLETED, Kind.COMPENSATION_COMPLETED):
+        return payload.get("result")
+    if kind is Kind.SIGNAL_RECEIVED:
+        return payload.get("payload")
+    if kind is Kind.TIMER_FIRED:
+        return None
+    error = payload.get("error") or {}
+    message = error.get("message", "")
+    if kind is Kind.ACTIVITY_FAILED:
+        raise ActivityFailed(
+            f"activity {event.name} failed after {payload.get('attempts', '?')} attempt(s): "
+            f"{error.get('type', 'Error')}: {message}",
+            activity=event.name,
+            error=error,
+            attempts=payload.get("attempts"),
+        )
+    if kind is Kind.SIGNAL_TIMED_OUT:
+        raise SignalTimeout(f"signal {event.name!r} did not arrive in time", signal=event.name)
+    if kind is Kind.CHILD_FAILED:
+        raise ChildFailed(
+            f"child run {payload.get('run_id')} ({event.name}) failed: {error.get('type', 'Error')}: {message}",
+            run_id=payload.get("run_id"),
+            workflow=event.name,
+            error=error,
+        )
+    if kind is Kind.CHILD_CANCELLED:
+        raise ChildCancelled(
+            f"child run {payload.get('run_id')} ({event.name}) was cancelled",
+            run_id=payload.get("run_id"),
+            workflow=event.name,
+        )
+    raise InvalidArgument(f"unexpected outcome {kind.value} for command {event.command_id}")
