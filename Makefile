@@ -12,7 +12,7 @@ test: install services lint
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check continuum_celery tests bench celeryconfig.py
+	$(BIN)/ruff check continuum_celery tests bench
 	$(BIN)/mypy continuum_celery
 
 install: $(VENV)/.installed

@@ -217,14 +217,15 @@ def doctor(ctx: click.Context, run_ids: tuple[str, ...], limit: int, ping_timeou
     default=None,
     help="Redis for wake-ups (env CONTINUUM_REDIS_URL; default: in-process).",
 )
+@click.option("--keep", is_flag=True, help="Keep the temporary SQLite journal (its path is printed) to look closer.")
 @click.pass_context
-def demo(ctx: click.Context, demo_db: str | None, redis_url: str | None) -> None:
+def demo(ctx: click.Context, demo_db: str | None, redis_url: str | None, keep: bool) -> None:
     """Run the example workflows on an in-process worker (no servers needed)."""
     from .demo import run_demo
 
     explicit: Any = ctx.find_object(Operator)
     database_url = demo_db or (explicit.explicit_database_url if explicit is not None else None)
-    sys.exit(run_demo(database_url, redis_url, echo=click.echo))
+    sys.exit(run_demo(database_url, redis_url, echo=click.echo, keep=keep))
 
 
 #: ``celery -A app continuum ...``: Celery adds this group as a subcommand (``celery.commands`` entry point).

@@ -28,7 +28,7 @@ from .journal.base import Journal
 from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
 from .notify import LocalNotifier, Notifier, RedisNotifier
-from .routing import VersionHeartbeat, add_version_queues, base_queue, report_unknown_versions
+from .routing import VersionHeartbeat, base_queue, consume_engine_queues, log_worker_plan, report_unknown_versions
 from .stepper import Stepper
 from .tasks import emit_sweep, register_tasks, timed
 from .versioning import registry as workflow_registry
@@ -274,9 +274,9 @@ class Continuum(runtime.Runtime):
             if _app_of(sender) is not self.app:
                 return
             self.load_workflow_modules()
-            if self.settings.version_routing:
-                base = base_queue(self.app, self.settings.queue)
-                add_version_queues(self.app, base, {h for _, h in workflow_registry.served()})
+            routed = self.settings.version_routing
+            hashes = {h for _, h in workflow_registry.served()} if routed else set()
+            consume_engine_queues(self.app, base_queue(self.app, self.settings.queue), hashes)
             try:
                 self.journal  # noqa: B018 - opening the journal checks its schema
             except ConfigurationError as exc:
@@ -288,6 +288,8 @@ class Continuum(runtime.Runtime):
             if _app_of(sender) is not self.app:
                 return
             self.hostname = getattr(sender, "hostname", None) or self.hostname
+            served = [(d.name, d.version, h) for d, h in workflow_registry.served()]
+            log_worker_plan(self.app, base_queue(self.app, self.settings.queue), served)
             try:
                 self.record_versions()
             except ConfigurationError:

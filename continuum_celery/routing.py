@@ -10,8 +10,10 @@ worker that has the code picks a run up. Messages for a version no worker has
 wait in their queue; the sweep parks such runs as ``unknown_version`` until a
 worker with that version registers.
 
-Workers that consume a custom ``-Q`` list without the base queue (activity-only
-workers) get no version queues: they never take replays.
+A worker started without ``-Q`` consumes the base queue (also a custom
+``continuum_queue``) next to Celery's defaults. Workers that consume a custom
+``-Q`` list without the base queue (activity-only workers) get no version
+queues: they never take replays, and say so in their startup log.
 
 :class:`VersionHeartbeat` refreshes the worker's rows in
 ``continuum_workflow_versions`` so the sweep can tell live versions from those
@@ -49,21 +51,58 @@ def version_queue(base: str, version_hash: str) -> str:
     return f"{base}{VERSION_QUEUE_INFIX}{version_hash}"
 
 
-def add_version_queues(app: Celery, base: str, hashes: Iterable[str]) -> list[str]:
-    """Make this worker consume the version queue of each hash; return the queues added.
+def consume_engine_queues(app: Celery, base: str, hashes: Iterable[str]) -> list[str]:
+    """Make this worker consume the engine's queue ``base`` and the version queue of each hash.
 
-    Call it before the worker's consumer starts (the ``worker_init`` signal).
-    Nothing is added when the worker does not consume ``base``.
+    Call it before the worker's consumer starts (the ``worker_init`` signal). Without ``-Q``
+    the worker consumes ``base`` next to Celery's default queues, even when it is a custom
+    ``continuum_queue``. With a ``-Q`` list that leaves ``base`` out (an activity-only worker)
+    nothing is added: that worker takes no replays of any version. Returns the queues added.
     """
     queues = app.amqp.queues
-    if base not in queues.consume_from:
-        log.info("continuum: this worker does not consume %r, so it takes no replays of any version", base)
+    added: list[str] = []
+    # Celery keeps the -Q selection here; None means the worker consumes its default queues.
+    if getattr(queues, "_consume_from", None) is None and base not in queues.consume_from:
+        added.append(base)
+    elif base not in queues.consume_from:
         return []
-    added = [version_queue(base, h) for h in sorted(set(hashes))]
+    added += [version_queue(base, h) for h in sorted(set(hashes))]
     for name in added:
-        # Declared as a sender declares a queue it does not know (its own exchange and routing key).
-        queues.select_add(queues.new_missing(name))
+        # A queue not in task_queues is declared as a sender declares it (its own exchange and routing key).
+        queues.select_add(queues[name])
     return added
+
+
+def log_worker_plan(app: Celery, base: str, served: Iterable[tuple[str, int, str]]) -> None:
+    """Log, at worker start, the workflows this worker registered and the continuum queues it consumes.
+
+    ``served`` holds (workflow, version, version hash). When ``-Q`` leaves the engine's queue out,
+    say what this worker will not consume and what that means.
+    """
+    workflows = sorted(served)
+    if workflows:
+        log.info(
+            "continuum: workflows registered: %s",
+            ", ".join(f"{name} v{version} ({version_hash})" for name, version, version_hash in workflows),
+        )
+    else:
+        log.warning(
+            "continuum: no workflows registered: list their modules in Celery's `imports` or in "
+            "`continuum_workflow_modules`; this worker runs activities only"
+        )
+    consumed = sorted(app.amqp.queues.consume_from)
+    if base in consumed:
+        versions = [q for q in consumed if q.startswith(base + VERSION_QUEUE_INFIX)]
+        log.info("continuum: consuming %r (replays, starts, sweeps) and version queues %s", base, versions or "none")
+    else:
+        log.warning(
+            "continuum: this worker consumes only %s (-Q): it will not consume %r, continuum's queue, nor any "
+            "version queue %r, so it takes no replays, starts or sweeps; run another worker that consumes %r",
+            ", ".join(consumed),
+            base,
+            version_queue(base, "*"),
+            base,
+        )
 
 
 class VersionHeartbeat(threading.Thread):
@@ -106,14 +145,21 @@ class VersionHeartbeat(threading.Thread):
                 failing = False
 
 
+#: (workflow, version hash) this process has warned about, until the version is served again.
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
 def report_unknown_versions(
     journal: Journal, *, live_within: float, batch: int, served: Collection[tuple[str, str]] = ()
 ) -> list[tuple[str, str, int]]:
     """Park due runs whose version no live worker serves; emit ``unknown_version`` once per such version.
 
-    Called once per sweep, so the event fires once per sweep for as long as a
-    version stays missing (with ``runs``: how many of its runs are parked), never
-    in a dispatch loop. ``served`` lists what the calling process serves itself.
+    Called once per sweep, so the event (and the ``unknown_version_total`` metric)
+    fires once per sweep for as long as a version stays missing (with ``runs``: how
+    many of its runs are parked), never in a dispatch loop. The warning is logged
+    once per version per process, and again only if the version goes missing again
+    after it was served. ``served`` lists what the calling process serves itself.
     Failures are logged: the rest of the sweep goes on.
     """
     try:
@@ -121,11 +167,19 @@ def report_unknown_versions(
     except Exception:
         log.warning("continuum: could not check for runs on versions no worker has", exc_info=True)
         return []
+    missing = {(workflow, version_hash) for workflow, version_hash, _ in parked}
+    with _warned_lock:
+        fresh = missing - _warned
+        _warned.intersection_update(missing)  # a version served again may warn again later
+        _warned.update(missing)
     for workflow, version_hash, count in parked:
         telemetry.emit("unknown_version", workflow=workflow, version_hash=version_hash, runs=count)
+        if (workflow, version_hash) not in fresh:
+            continue
         log.warning(
             "continuum: %d run(s) of %s are pinned to version %s, which no live worker has; they stay "
-            "suspended until a worker with that code starts (see `continuum versions`)",
+            "suspended until a worker with that code starts (see `continuum versions`); "
+            "this warning is not repeated while they wait",
             count,
             workflow,
             version_hash,
