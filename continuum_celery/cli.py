@@ -180,7 +180,7 @@ def doctor(ctx: click.Context, run_ids: tuple[str, ...], limit: int, ping_timeou
     from .doctor import WorkerProbe, diagnose_open_runs, diagnose_runs
 
     op = operator(ctx)
-    journal = op.journal
+    journal = op.reader
     probe = WorkerProbe(op.broker_engine.app, timeout=ping_timeout)
     found = (
         diagnose_runs(journal, probe, [validate_run_id(r) for r in run_ids])

@@ -124,6 +124,7 @@ class Operator:
         self._app_ref = app
         self.explicit_database_url = database_url
         self._journal: SQLJournal | None = None
+        self._reader: SQLJournal | None = None
 
     @cached_property
     def app(self) -> Celery | None:
@@ -169,6 +170,24 @@ class Operator:
             )
         return self._journal
 
+    @property
+    def reader(self) -> SQLJournal:
+        """The journal opened read-only, for commands that only read: it never writes or creates a journal.
+
+        Raises:
+            ConfigurationError: no such SQLite file, or an unreachable database; SchemaNotMigrated.
+        """
+        if self._reader is None:
+            from .journal.sql import SQLJournal
+
+            self._reader = SQLJournal(
+                self.settings.database_url,
+                activity_timeout=self.settings.activity_timeout,
+                queue=self.settings.queue,
+                read_only=True,
+            )
+        return self._reader
+
     @cached_property
     def broker_engine(self) -> Continuum:
         """The engine whose app and dispatcher reach the workers (the bundled app's without ``-A``)."""
@@ -199,10 +218,11 @@ class Operator:
         return None
 
     def close(self) -> None:
-        """Release the journal's connections."""
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        """Release the journals' connections."""
+        for journal in (self._journal, self._reader):
+            if journal is not None:
+                journal.close()
+        self._journal = self._reader = None
 
 
 def operator(ctx: click.Context) -> Operator:

@@ -138,7 +138,7 @@ def list_runs(
             created_after = now - parse_age(since)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
-    found = operator(ctx).journal.list_runs(
+    found = operator(ctx).reader.list_runs(
         workflow=workflow, state=state, created_after=created_after, limit=limit, offset=start
     )
     next_offset = start + limit if len(found) == limit else None
@@ -208,7 +208,7 @@ def _show_human(detail: RunDetail) -> None:
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, last: int | None, as_json: bool) -> None:
     """Show a run: its state, lineage (parent, children, continuations) and history as a timeline."""
-    detail = run_detail(operator(ctx).journal, run_id, max_events=last)
+    detail = run_detail(operator(ctx).reader, run_id, max_events=last)
     if as_json:
         echo_json(
             {

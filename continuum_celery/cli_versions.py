@@ -11,6 +11,7 @@ import click
 
 from .cli_context import EXIT_FAILED, BadInput, operator
 from .cli_format import ago, echo_json, table
+from .journal.rules import STOPPED_AT
 from .replay_check import DEFAULT_LIMIT, History, check_histories, load_histories, read_histories
 from .versioning import registry as workflow_registry
 
@@ -21,12 +22,22 @@ def _workers(entry: dict[str, Any], live_after: datetime) -> list[dict[str, Any]
     if workers is None:
         workers = [{"hostname": h, "last_seen_at": entry.get("last_seen_at")} for h in entry.get("hostnames", [])]
     return [
-        {**w, "live": w.get("last_seen_at") is not None and w["last_seen_at"] >= live_after}
+        {
+            **w,
+            "live": w.get("last_seen_at") is not None and w["last_seen_at"] >= live_after,
+            "stopped": w.get("last_seen_at") == STOPPED_AT,  # shut down cleanly
+        }
         for w in sorted(workers, key=lambda w: str(w["hostname"]))
     ]
 
 
-@click.command()
+def _liveness(worker: dict[str, Any], now: datetime) -> str:
+    if worker["stopped"]:
+        return "stopped"
+    return f"{'live' if worker['live'] else 'gone'}, seen {ago(worker['last_seen_at'], now)} ago"
+
+
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def versions(ctx: click.Context, as_json: bool) -> None:
@@ -34,13 +45,16 @@ def versions(ctx: click.Context, as_json: bool) -> None:
 
     A version whose unfinished runs number 0, and that is not the newest of its workflow,
     can be deleted from the code. Runs pinned to a version that no live worker has wait,
-    suspended, until a worker with that code starts.
+    suspended, until a worker with that code starts. ``versions prune`` removes the queues of
+    versions nothing needs any more.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     op = operator(ctx)
     now = datetime.now(timezone.utc)
     live_after = now - timedelta(seconds=op.settings.version_ttl)
     entries = []
-    for e in op.journal.list_versions():
+    for e in op.reader.list_versions():
         workers = _workers(e, live_after)
         entries.append({**e, "workers": workers, "live": any(w["live"] for w in workers)})
     entries.sort(key=lambda e: (e["workflow"], e["version"] is None, e["version"] or 0, e["version_hash"]))
@@ -58,10 +72,7 @@ def versions(ctx: click.Context, as_json: bool) -> None:
         return
     rows = []
     for e in entries:
-        seen = ", ".join(
-            f"{w['hostname']} ({'live' if w['live'] else 'gone'}, seen {ago(w['last_seen_at'], now)} ago)"
-            for w in e["workers"]
-        )
+        seen = ", ".join(f"{w['hostname']} ({_liveness(w, now)})" for w in e["workers"])
         version = "?" if e["version"] is None else e["version"]
         rows.append([e["workflow"], version, e["version_hash"], e["pinned_runs"], seen or "none"])
     click.echo(table(["WORKFLOW", "VERSION", "HASH", "UNFINISHED RUNS", "WORKERS"], rows))
@@ -76,6 +87,40 @@ def versions(ctx: click.Context, as_json: bool) -> None:
                 f"- {e['workflow']} version {e['version']} ({e['version_hash']}) has no unfinished runs: "
                 "its code can be removed."
             )
+
+
+@versions.command("prune")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def prune(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Remove the broker queues and registry rows of versions nothing needs (safe on every deploy).
+
+    A version goes when no unfinished run is pinned to it and no live worker serves it (none
+    refreshed it within version_ttl, or each stopped cleanly). A queue a worker consumes is
+    never deleted; a worker with that code that starts again declares its queue anew.
+    """
+    from .pruning import WOULD_REMOVE, prune_versions
+    from .routing import base_queue
+
+    op = operator(ctx)
+    engine = op.broker_engine
+    base = base_queue(engine.app, op.settings.queue)
+    pruned = prune_versions(op.journal, engine.app, base, live_within=op.settings.version_ttl, dry_run=dry_run)
+    if as_json:
+        echo_json({"dry_run": dry_run, "versions": [p.to_json() for p in pruned]})
+        return
+    if not pruned:
+        click.echo("nothing to prune: every recorded version has a live worker or unfinished runs.")
+        return
+    rows = [
+        [p.workflow, p.version_hash, p.queue, "?" if p.messages is None else p.messages, p.note] for p in pruned
+    ]
+    click.echo(table(["WORKFLOW", "HASH", "QUEUE", "MESSAGES", "WHAT"], rows))
+    if dry_run:
+        click.echo(f"would remove {sum(p.note == WOULD_REMOVE for p in pruned)} version(s); nothing was changed.")
+    else:
+        click.echo(f"removed {sum(p.removed for p in pruned)} version(s): their queues and registry rows.")
 
 
 @click.command("replay-check")

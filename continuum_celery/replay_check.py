@@ -36,7 +36,7 @@ from .context import RunInfo, context_factory
 from .errors import ConfigurationError, InvalidArgument, NondeterminismError
 from .events import TERMINAL_EVENTS, Event, Kind
 from .journal.schema import current_revision, events, runs
-from .journal.sql_base import event_from_row, normalise_url, run_record
+from .journal.sql_base import event_from_row, read_only_engine, run_record
 from .replay import Cancelled, Complete, ContinueAsNew, Decision, Execution, Fail
 from .serialization import dumps
 from .states import TERMINAL
@@ -162,27 +162,6 @@ class ReplayReport:
 
 
 # ---- reading ---------------------------------------------------------------------------
-
-
-def read_only_engine(database_url: str) -> sa.Engine:
-    """An engine whose connections cannot write.
-
-    Raises:
-        ConfigurationError: a SQLite file that does not exist.
-    """
-    url = normalise_url(database_url)
-    if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
-        if not path or path == ":memory:" or not os.path.exists(path):
-            raise ConfigurationError(f"no SQLite journal at {path!r}: pass the URL of an existing journal.")
-        engine = sa.create_engine(url, poolclass=sa.NullPool)
-
-        @sa.event.listens_for(engine, "connect")
-        def _query_only(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.execute("PRAGMA query_only = ON")
-
-        return engine
-    return sa.create_engine(url, poolclass=sa.NullPool, connect_args={"options": "-c default_transaction_read_only=on"})
 
 
 def read_histories(database_url: str, *, workflow: str | None = None, limit: int = DEFAULT_LIMIT) -> list[History]:
@@ -352,5 +331,4 @@ __all__ = [
     "export_history",
     "load_histories",
     "read_histories",
-    "read_only_engine",
 ]

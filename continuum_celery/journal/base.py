@@ -355,7 +355,22 @@ class Journal(ABC):
 
     @abstractmethod
     def retract_versions(self, hostname: str) -> None:
-        """Forget the versions ``hostname`` served (a clean worker shutdown)."""
+        """Mark the versions ``hostname`` served as no longer live (a clean worker shutdown).
+
+        The rows stay, stopped (``last_seen_at`` = :data:`~continuum_celery.journal.rules.STOPPED_AT`),
+        until :meth:`forget_versions` removes them with their version.
+        """
+
+    @abstractmethod
+    def forget_versions(self, versions: Sequence[tuple[str, str]], *, live_within: float) -> list[tuple[str, str]]:
+        """Delete the rows of each (workflow, version_hash) that is still stale, in one transaction.
+
+        A version is kept when a worker refreshed it within ``live_within`` seconds or an
+        unfinished run is pinned to it (something changed since it was found stale).
+
+        Returns:
+            The versions whose rows were deleted.
+        """
 
     @abstractmethod
     def list_versions(self) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import LeaseLost, RunConflict
@@ -20,6 +20,9 @@ from .base import ActivityClaim, Lease, NewRun
 
 #: Longest wait before the sweep re-sends a dispatched row, in multiples of ``redispatch_after``.
 REDISPATCH_BACKOFF_CAP = 8
+#: ``last_seen_at`` of a worker's version rows after its clean shutdown: never live again, and kept
+#: (rather than deleted) so that ``continuum versions prune`` still finds the version and its queue.
+STOPPED_AT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: Commands that create an activity task row, and the row's kind.
 SCHEDULE_KINDS = {Kind.ACTIVITY_SCHEDULED: "activity", Kind.COMPENSATION_SCHEDULED: "compensation"}
 #: (task kind, final state) -> the outcome event it becomes in the run's journal.
@@ -303,3 +306,18 @@ def summarise_versions(
             },
         )
     return list(out.values())
+
+
+def stale_versions(entries: Iterable[Mapping[str, Any]], live_after: datetime) -> list[tuple[str, str]]:
+    """The (workflow, version_hash) of :func:`summarise_versions` entries nothing needs any more.
+
+    A version is stale when workers once recorded it, none of them was seen after ``live_after``
+    (or each stopped cleanly), and no unfinished run is pinned to it: its queue and rows can go.
+    """
+    return [
+        (e["workflow"], e["version_hash"])
+        for e in entries
+        if e["workers"]
+        and e["pinned_runs"] == 0
+        and all(w["last_seen_at"] is None or w["last_seen_at"] < live_after for w in e["workers"])
+    ]

@@ -27,7 +27,7 @@ from .base import (
     NewRun,
     RunRecord,
 )
-from .rules import run_conflict, summarise_versions
+from .rules import STOPPED_AT, run_conflict, summarise_versions
 from .schema import (
     runs,
     workflow_versions,
@@ -195,7 +195,36 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
 
     def retract_versions(self, hostname: str) -> None:
         with self._tx() as conn:
-            conn.execute(workflow_versions.delete().where(workflow_versions.c.hostname == hostname))
+            conn.execute(
+                workflow_versions.update()
+                .where(workflow_versions.c.hostname == hostname)
+                .values(last_seen_at=STOPPED_AT)
+            )
+
+    def forget_versions(self, versions: Sequence[tuple[str, str]], *, live_within: float) -> list[tuple[str, str]]:
+        forgotten: list[tuple[str, str]] = []
+        with self._tx() as conn:
+            live = workflow_versions.c.last_seen_at >= self.clock.after(-live_within)
+            for workflow, version_hash in versions:
+                of_version = sa.and_(
+                    workflow_versions.c.workflow == workflow, workflow_versions.c.version_hash == version_hash
+                )
+                # Locked first, so a worker refreshing the version meanwhile waits and then inserts its row anew.
+                conn.execute(sa.select(workflow_versions.c.hostname).where(of_version).with_for_update()).all()
+                alive = conn.execute(sa.select(workflow_versions.c.hostname).where(of_version, live).limit(1)).first()
+                pinned = conn.execute(
+                    sa.select(runs.c.id)
+                    .where(
+                        runs.c.workflow == workflow,
+                        runs.c.version_hash == version_hash,
+                        runs.c.state.not_in(TERMINAL),
+                    )
+                    .limit(1)
+                ).first()
+                if pinned is None and alive is None:
+                    conn.execute(workflow_versions.delete().where(of_version))
+                    forgotten.append((workflow, version_hash))
+        return forgotten
 
     def list_versions(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

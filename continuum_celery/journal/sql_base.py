@@ -7,6 +7,7 @@ a lease; SQLite, a single-machine default, uses the local clock.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..config import DEFAULT_SNAPSHOT_EVERY
 from ..errors import (
+    ConfigurationError,
     JournalError,
     LeaseLost,
     RunFinished,
@@ -76,6 +78,31 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(url, **kwargs)
 
 
+def read_only_engine(url: str) -> sa.Engine:
+    """An engine whose connections cannot write, and that never creates a SQLite file.
+
+    Raises:
+        ConfigurationError: a SQLite journal that does not exist (nothing was created).
+    """
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if not path or path == ":memory:" or not os.path.exists(path):
+            raise ConfigurationError(
+                f"no SQLite journal at {os.path.abspath(path) if path else path!r}, and this command only reads, "
+                "so it created none: pass --database-url (or -A your.celery_app, or set CONTINUUM_DATABASE_URL) "
+                "to name your journal, or run `continuum migrate` to create this one."
+            )
+        engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _query_only(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA query_only = ON")
+
+        return engine
+    return sa.create_engine(url, poolclass=sa.NullPool, connect_args={"options": "-c default_transaction_read_only=on"})
+
+
 def run_record(row: Any) -> RunRecord:
     return RunRecord(
         id=row.id,
@@ -132,8 +159,10 @@ class SQLBase:
         check: bool = True,
         queue: str | None = None,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        read_only: bool = False,
     ) -> None:
-        self.engine = make_engine(url)
+        # Read-only: every write fails, and a missing SQLite file is an error rather than created.
+        self.engine = read_only_engine(url) if read_only else make_engine(url)
         self.snapshot_every = snapshot_every
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.clock = Clock(self.is_sqlite)
