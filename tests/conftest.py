@@ -110,15 +110,32 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def stack(fresh_pg_url: str, redis_url: str, tmp_path):  # type: ignore[no-untyped-def]
-    """An isolated deployment: migrated database, broker and key prefixes; stops its processes after."""
+def stack(request: pytest.FixtureRequest, fresh_pg_url: str, redis_url: str, tmp_path):  # type: ignore[no-untyped-def]
+    """An isolated deployment: migrated database, broker and key prefixes; stops its processes after.
+
+    Parametrized with ``rabbitmq`` (``@on_each_broker``), the broker is a RabbitMQ vhost made for
+    this test and deleted after it; Redis then only carries wake-ups.
+    """
     from continuum_celery.journal.schema import migrate
+    from tests.support import rabbit
     from tests.support.stack import Stack
 
+    broker = getattr(request, "param", "redis")
+    vhost = None
+    if broker == "rabbitmq":
+        rabbit.require_rabbitmq()
+        vhost = f"ctest_{uuid.uuid4().hex[:10]}"
     migrate(fresh_pg_url)
-    s = Stack(database_url=fresh_pg_url, redis_url=redis_url, tmp=tmp_path)
+    s = Stack(
+        database_url=fresh_pg_url,
+        redis_url=redis_url,
+        tmp=tmp_path,
+        amqp_url=rabbit.create_vhost(vhost) if vhost else None,
+    )
     s.create_test_tables()
     try:
         yield s
     finally:
         s.close()
+        if vhost:
+            rabbit.delete_vhost(vhost)

@@ -1,4 +1,4 @@
-"""Durable timers and signals through real ``celery worker`` processes, PostgreSQL and Redis."""
+"""Durable timers and signals through real ``celery worker`` processes, PostgreSQL, Redis (and RabbitMQ)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from continuum_celery.journal.base import NewRun
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.notify import RedisNotifier
 from tests.support.flows_time import collect, sleep_between, sleep_until
-from tests.support.stack import ROOT, Stack, wait_until
+from tests.support.stack import ROOT, Stack, on_each_broker, wait_until
 
 MODULES = ("tests.support.flows", "tests.support.flows_time")
 
@@ -50,29 +50,23 @@ def _event_at(stack: Stack, run_id: str, kind: str) -> datetime:
     return rows[0].created_at
 
 
-def _queued(stack: Stack, client: Any) -> int:
-    """Messages waiting in any of the stack's broker queues (Redis lists, deleted when empty)."""
-    keys = client.scan_iter(match=f"{stack.broker_prefix}*", count=1000)
-    return sum(client.llen(k) for k in keys if client.type(k) == b"list")
-
-
-def _idle(stack: Stack, client: Any, run_id: str, kind: str) -> bool:
+def _idle(stack: Stack, run_id: str, kind: str) -> bool:
     """The run is suspended after journaling ``kind``, and no message is queued or being worked on.
 
-    acks_late keeps a message in ``unacked`` until its task returns; an ETA/countdown message
+    acks_late keeps a message unacknowledged until its task returns; an ETA/countdown message
     would sit there until due.
     """
     return (
         kind in _kinds(stack, run_id)
         and _run(stack, run_id).state == "suspended"
-        and client.hlen(f"{stack.broker_prefix}unacked") == 0
-        and _queued(stack, client) == 0
+        and stack.pending_messages() == 0
     )
 
 
 # ---- timers --------------------------------------------------------------------------------
 
 
+@on_each_broker
 def test_sleeps_of_two_seconds_and_until_a_datetime_complete_and_an_hour_holds_nothing(
     tstack: Stack, rclient: Any
 ) -> None:
@@ -93,7 +87,7 @@ def test_sleeps_of_two_seconds_and_until_a_datetime_complete_and_an_hour_holds_n
     assert tstack.sql("SELECT fire_at FROM continuum_timers WHERE run_id = :r", r=until.id)[0].fire_at == when
 
     # The hour-long sleeper: suspended, no lease, no message anywhere, a wake-up row and a Redis member.
-    wait_until(lambda: _idle(tstack, rclient, hour.id, "timer_scheduled"), 30, "the hour sleeper to go idle")
+    wait_until(lambda: _idle(tstack, hour.id, "timer_scheduled"), 30, "the hour sleeper to go idle")
     run = _run(tstack, hour.id)
     assert run.lease_owner is None and run.lease_expires_at is None
     assert run.next_wakeup_at > datetime.now(timezone.utc) + timedelta(minutes=55)
@@ -121,6 +115,7 @@ def _cli_signal(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@on_each_broker
 def test_signals_sent_before_the_wait_during_it_and_a_wait_that_times_out(tstack: Stack, rclient: Any) -> None:
     tstack.worker()
     # Before: three signals arrive while the run still sleeps; it waits for them afterwards.
@@ -131,7 +126,7 @@ def test_signals_sent_before_the_wait_during_it_and_a_wait_that_times_out(tstack
     for payload in ({"n": 1}, "two", [3]):
         before.signal("item", payload)
 
-    wait_until(lambda: _idle(tstack, rclient, during.id, "signal_wait"), 30, "the second run to wait")
+    wait_until(lambda: _idle(tstack, during.id, "signal_wait"), 30, "the second run to wait")
     assert _run(tstack, during.id).next_wakeup_at is None  # no timeout: only a signal wakes it
     sent = _cli_signal(tstack, during.id, "go", '{"via": "cli"}')
     assert sent.returncode == 0, sent.stderr
@@ -174,12 +169,12 @@ def test_signals_sent_before_the_wait_during_it_and_a_wait_that_times_out(tstack
 def test_many_signals_make_one_replay_message_and_result_wakes_on_the_notification(tstack: Stack, rclient: Any) -> None:
     first = tstack.worker()
     handle = collect.start({"name": "n", "count": 5})
-    wait_until(lambda: _idle(tstack, rclient, handle.id, "signal_wait"), 30, "the run to wait")
+    wait_until(lambda: _idle(tstack, handle.id, "signal_wait"), 30, "the run to wait")
     first.kill()
     for i in range(5):
         handle.signal("n", i)
     # The first signal dispatched a replay; the four after it found one already on its way.
-    assert _queued(tstack, rclient) == 1
+    assert tstack.pending_messages() == 1
     assert _run(tstack, handle.id).dispatched_at is not None
 
     engine = tstack.client()

@@ -7,12 +7,15 @@ both; the test process knows both bodies and starts runs on either.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from continuum_celery.cli import main as cli
-from tests.support.stack import Stack, wait_until
+from continuum_celery.journal.rules import STOPPED_AT
+from tests.support import rabbit
+from tests.support.stack import Stack, on_each_broker, wait_until
 
 V1, V2 = "tests.support.flows_v1", "tests.support.flows_v2"
 
@@ -31,7 +34,12 @@ def stepped_by(stack: Stack, run_id: str) -> set[str]:
     return {r[0].rsplit(":", 1)[1] for r in rows}
 
 
+def version_rows(stack: Stack, version_hash: str) -> list[Any]:
+    return stack.sql("SELECT * FROM continuum_workflow_versions WHERE version_hash = :h", h=version_hash)
+
+
 @pytest.mark.slow
+@on_each_broker
 def test_rolling_deploy_keeps_each_run_on_the_code_it_started_on(stack: Stack) -> None:
     stack.modules = (V1, V2)
     stack.client()
@@ -46,8 +54,9 @@ def test_rolling_deploy_keeps_each_run_on_the_code_it_started_on(stack: Stack) -
     wait_until(lambda: "deploy-a" in stepped_by(stack, old.id), 10, "worker A to record its step")
 
     worker_a.stop()
-    # A clean shutdown withdraws the worker's versions at once.
-    assert stack.sql("SELECT hostname FROM continuum_workflow_versions WHERE hostname LIKE 'deploy-a@%'") == []
+    # A clean shutdown withdraws the worker's versions at once (the rows stay, stopped, for `versions prune`).
+    stopped = stack.sql("SELECT last_seen_at FROM continuum_workflow_versions WHERE hostname LIKE 'deploy-a@%'")
+    assert stopped and {r.last_seen_at for r in stopped} == {STOPPED_AT}
     worker_b = stack.worker("deploy-b", CONTINUUM_TEST_MODULES=V2)
 
     new = order_v2.start({"id": "new"})
@@ -66,6 +75,9 @@ def test_rolling_deploy_keeps_each_run_on_the_code_it_started_on(stack: Stack) -
     # Reported once per sweep, not in a loop (the sweep's own mark follows its report).
     reports = marks(stack, f"unknown_version:{order_v1.version_hash}")
     assert reports <= marks(stack, "sweep") + 1
+    # Logged once per worker process (B has two), however many sweeps report it.
+    warned = worker_b.output().count(f"pinned to version {order_v1.version_hash}")
+    assert 1 <= warned <= 2 <= reports, (warned, reports)
 
     worker_c = stack.worker("deploy-c", CONTINUUM_TEST_MODULES=f"{V1},{V2}")
     assert f"celery.v.{order_v1.version_hash}" in worker_c.output(), "C consumes the v1 queue"
@@ -74,6 +86,28 @@ def test_rolling_deploy_keeps_each_run_on_the_code_it_started_on(stack: Stack) -
     assert stepped_by(stack, old.id) == {"deploy-a", "deploy-c"}, "worker B never stepped the v1 run"
     assert stepped_by(stack, new.id) == {"deploy-b"}
     assert old.record().stuck_reason is None
+
+    # The deploy is over: C stops, B (v2 only) stays. v1 has no live worker and no unfinished run.
+    worker_c.stop()
+    v1_queue, v2_queue = (f"celery.v.{order_v1.version_hash}", f"celery.v.{order_v2.version_hash}")
+    assert {v1_queue, v2_queue} <= stack.version_queues()
+    dry = stack.continuum("versions", "prune", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert [(v["queue"], v["removed"]) for v in json.loads(dry.stdout)["versions"]] == [(v1_queue, False)]
+    assert v1_queue in stack.version_queues() and version_rows(stack, order_v1.version_hash)
+    pruned = stack.continuum("versions", "prune", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    assert [(v["queue"], v["removed"]) for v in json.loads(pruned.stdout)["versions"]] == [(v1_queue, True)]
+    left = stack.version_queues()
+    assert v1_queue not in left and v2_queue in left, left
+    assert version_rows(stack, order_v1.version_hash) == [] and version_rows(stack, order_v2.version_hash)
+    if stack.broker == "rabbitmq":
+        assert v1_queue not in rabbit.exchanges(stack.vhost) and v2_queue in rabbit.exchanges(stack.vhost)
+    again = stack.continuum("versions", "prune", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["versions"] == [], "safe to repeat: nothing left"
+    # B still serves v2 through its queue.
+    later = order_v2.start({"id": "after-prune"})
+    wait_until(lambda: "signal_wait" in kinds(later), 30, "a v2 run after the prune to wait for its signal")
 
 
 @pytest.mark.slow

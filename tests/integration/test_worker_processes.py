@@ -1,4 +1,4 @@
-"""The core slice through real ``celery worker`` processes, PostgreSQL and Redis."""
+"""The core slice through real ``celery worker`` processes, PostgreSQL, and Redis or RabbitMQ as the broker."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import sqlalchemy as sa
 from celery import Task
 
 from tests.support.flows import plain_double, plain_task_flow, sequence_and_fanout
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, on_each_broker, wait_until
 
 
 def _seqs(stack: Stack, run_id: str) -> list[int]:
     return [r.seq for r in stack.sql("SELECT seq FROM continuum_events WHERE run_id = :r ORDER BY seq", r=run_id)]
 
 
+@on_each_broker
 def test_sequence_and_fanout_completes_through_a_worker_process(stack: Stack) -> None:
     stack.client()
     stack.worker()
@@ -27,6 +28,7 @@ def test_sequence_and_fanout_completes_through_a_worker_process(stack: Stack) ->
     assert kinds[-1] == "run_completed"
 
 
+@on_each_broker
 def test_a_plain_celery_task_runs_as_an_activity_unchanged(stack: Stack) -> None:
     stack.client()
     stack.worker()

@@ -1,8 +1,9 @@
 """Real worker and beat processes for integration tests, and the per-test stack they share.
 
 A ``Stack`` is one isolated deployment: a fresh migrated PostgreSQL database, a
-broker key prefix on the test Redis db, a Redis key prefix for wake-ups, and a
-client engine in the test process. Workers are ``celery worker`` subprocesses;
+broker (a key prefix on the test Redis db, or a RabbitMQ vhost of its own), a
+Redis key prefix for wake-ups, and a client engine in the test process. Tests
+that run on each broker take ``@on_each_broker``. Workers are ``celery worker`` subprocesses;
 readiness is the row each one writes to ``continuum_workflow_versions`` at boot.
 """
 
@@ -19,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_lib
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
+BROKERS = ("redis", "rabbitmq")
+#: Runs a test that takes the ``stack`` fixture once per broker: Redis, then RabbitMQ (Redis only for wake-ups).
+on_each_broker = pytest.mark.parametrize("stack", BROKERS, indirect=True)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -82,6 +87,36 @@ class Stack:
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: list[Proc] = field(default_factory=list)
     engine: Any = None
+    #: The broker's URL; None: the test Redis db (with the stack's key prefix).
+    amqp_url: str | None = None
+
+    @property
+    def broker(self) -> str:
+        return "rabbitmq" if self.amqp_url else "redis"
+
+    @property
+    def vhost(self) -> str:
+        """The RabbitMQ vhost of this stack."""
+        assert self.amqp_url is not None, "a Redis-broker stack has no vhost"
+        return self.amqp_url.rsplit("/", 1)[1]
+
+    @property
+    def broker_url(self) -> str:
+        return self.amqp_url or self.redis_url
+
+    def pending_messages(self) -> int:
+        """Messages waiting in, or taken but not acknowledged from, any of the stack's broker queues."""
+        if self.amqp_url:
+            from tests.support.rabbit import queues
+
+            return sum(queues(self.vhost).values())
+        client = redis_lib.Redis.from_url(self.redis_url)
+        try:
+            keys = client.scan_iter(match=f"{self.broker_prefix}*", count=1000)
+            waiting = sum(client.llen(k) for k in keys if client.type(k) == b"list")
+            return waiting + int(client.hlen(f"{self.broker_prefix}unacked"))
+        finally:
+            client.close()
 
     @property
     def broker_prefix(self) -> str:
@@ -95,7 +130,7 @@ class Stack:
         env = dict(os.environ)
         env.update(
             PYTHONPATH=str(ROOT),
-            CELERY_BROKER_URL=self.redis_url,
+            CELERY_BROKER_URL=self.broker_url,
             CONTINUUM_TEST_BROKER_PREFIX=self.broker_prefix,
             CONTINUUM_DATABASE_URL=self.database_url,
             CONTINUUM_REDIS_URL=self.redis_url,
@@ -107,6 +142,34 @@ class Stack:
         env.update(extra)
         return env
 
+    def version_queues(self) -> set[str]:
+        """The version queues (``<base>.v.<hash>``) the broker holds for this stack.
+
+        RabbitMQ: its queues, through ``rabbitmqctl``. Redis: the queues that have a binding
+        (an empty Redis queue is only its binding; its list exists while it holds messages).
+        """
+        if self.amqp_url:
+            from tests.support.rabbit import queues
+
+            return {name for name in queues(self.vhost) if ".v." in name}
+        client = redis_lib.Redis.from_url(self.redis_url)
+        try:
+            prefix = f"{self.broker_prefix}_kombu.binding."
+            return {k.decode()[len(prefix) :] for k in client.scan_iter(match=f"{prefix}*.v.*", count=1000)}
+        finally:
+            client.close()
+
+    def continuum(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``continuum -A tests.support.app ARGS`` against this stack (its broker and journal)."""
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "continuum"), "-A", "tests.support.app", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def client(self) -> Any:
         """The engine of the test process (starts runs, reads the journal); built once."""
         if self.engine is None:
@@ -116,7 +179,7 @@ class Stack:
 
             for module in self.modules:
                 __import__(module)
-            app = Celery(f"client-{self.token}", broker=self.redis_url)
+            app = Celery(f"client-{self.token}", broker=self.broker_url)
             app.conf.broker_transport_options = {"global_keyprefix": self.broker_prefix}
             self.engine = Continuum(
                 app,
