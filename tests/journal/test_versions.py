@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from continuum_celery.journal.base import Journal
+from continuum_celery.journal.rules import STOPPED_AT, stale_versions
 
 from .support import WORKFLOW, claim, replay, start
 
@@ -34,8 +37,46 @@ def test_upserting_a_version_unparks_its_runs(journal: Journal) -> None:
     assert sorted(entry["hostnames"]) == ["host-a", "host-b"] and entry["pinned_runs"] == 1
     assert sorted(w["hostname"] for w in entry["workers"]) == ["host-a", "host-b"]
     journal.retract_versions("host-a")
-    assert [e["hostnames"] for e in journal.list_versions()] == [["host-b"]]
+    [entry] = journal.list_versions()  # a stopped worker's rows stay (for `versions prune`), never live again
+    seen = {w["hostname"]: w["last_seen_at"] for w in entry["workers"]}
+    assert seen["host-a"] == STOPPED_AT and seen["host-b"] > STOPPED_AT
     claim(journal)
+
+
+def test_versions_are_forgotten_only_while_no_live_worker_and_no_unfinished_run_needs_them(
+    journal: Journal, travel: Callable[[float], None]
+) -> None:
+    start(journal)  # unfinished, on (WORKFLOW, h1)
+    journal.upsert_versions("host-a", [(WORKFLOW, "h1", 1, "flows"), (WORKFLOW, "h0", 0, "flows")])
+    journal.upsert_versions("host-b", [(WORKFLOW, "h0", 0, "flows")])
+    journal.retract_versions("host-a")
+    # h1: a run is pinned to it; h0: host-b is live. Nothing goes.
+    assert journal.forget_versions([(WORKFLOW, "h1"), (WORKFLOW, "h0")], live_within=60) == []
+    assert sorted(e["version_hash"] for e in journal.list_versions()) == ["h0", "h1"]
+    travel(120)  # host-b fell silent
+    assert journal.forget_versions([(WORKFLOW, "h1"), (WORKFLOW, "h0")], live_within=60) == [(WORKFLOW, "h0")]
+    assert [e["version_hash"] for e in journal.list_versions()] == ["h1"]
+    journal.upsert_versions("host-a", [(WORKFLOW, "h0", 0, "flows")])  # the code is back: recorded anew
+    assert journal.forget_versions([(WORKFLOW, "h0")], live_within=60) == []
+    assert sorted(e["version_hash"] for e in journal.list_versions()) == ["h0", "h1"]
+
+
+def test_stale_versions_have_workers_none_live_and_no_unfinished_runs() -> None:
+    now = datetime.now(timezone.utc)
+    old, fresh = now - timedelta(minutes=5), now
+
+    def entry(version_hash: str, pinned: int, *seen: datetime) -> dict[str, Any]:
+        workers = [{"last_seen_at": at} for at in seen]
+        return {"workflow": "w", "version_hash": version_hash, "pinned_runs": pinned, "workers": workers}
+
+    entries = [
+        entry("stopped", 0, STOPPED_AT),
+        entry("silent", 0, old),
+        entry("pinned", 1, STOPPED_AT),
+        entry("live", 0, old, fresh),
+        entry("runs-only", 0),  # no worker ever recorded it: it has no queue to remove
+    ]
+    assert stale_versions(entries, now - timedelta(minutes=1)) == [("w", "stopped"), ("w", "silent")]
 
 
 def test_runs_on_a_version_no_live_worker_serves_are_parked(journal: Journal, travel: Callable[[float], None]) -> None:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import pytest
 from celery import Celery
 
+from continuum_celery import telemetry
 from continuum_celery.dispatch import REPLAY_TASK, Dispatcher, run_member
 from continuum_celery.errors import ConfigurationError
-from continuum_celery.journal.base import Dispatch
-from continuum_celery.routing import VersionHeartbeat, add_version_queues, base_queue, version_queue
+from continuum_celery.journal.base import Dispatch, NewRun
+from continuum_celery.journal.memory import MemoryJournal
+from continuum_celery.routing import (
+    VersionHeartbeat,
+    base_queue,
+    consume_engine_queues,
+    log_worker_plan,
+    report_unknown_versions,
+    version_queue,
+)
 from continuum_celery.wakeups import LocalWakeups
 from tests.support.stack import wait_until
 
@@ -52,14 +62,68 @@ def test_a_wakeup_keeps_the_runs_version() -> None:
 
 def test_a_worker_consumes_its_version_queues_only_if_it_takes_replays() -> None:
     app = Celery("routing-test", broker="memory://")
-    added = add_version_queues(app, "celery", [HASH, HASH, "fedcba9876543210"])
-    assert added == [f"celery.v.{HASH}", "celery.v.fedcba9876543210"]
+    added = consume_engine_queues(app, "celery", [HASH, HASH, "fedcba9876543210"])
+    assert added == [f"celery.v.{HASH}", "celery.v.fedcba9876543210"]  # "celery" is consumed already
     assert set(added) <= set(app.amqp.queues.consume_from)
 
     activity_only = Celery("routing-test-2", broker="memory://")
     activity_only.amqp.queues.select(["payments"])  # like `celery worker -Q payments`
-    assert add_version_queues(activity_only, "celery", [HASH]) == []
+    assert consume_engine_queues(activity_only, "celery", [HASH]) == []
     assert list(activity_only.amqp.queues.consume_from) == ["payments"]
+
+
+def test_without_q_a_worker_consumes_a_custom_continuum_queue_too() -> None:
+    app = Celery("routing-test-3", broker="memory://")
+    assert consume_engine_queues(app, "flows", [HASH]) == ["flows", f"flows.v.{HASH}"]
+    assert set(app.amqp.queues.consume_from) == {"celery", "flows", f"flows.v.{HASH}"}
+    queue = app.amqp.queues["flows"]
+    assert (queue.exchange.name, queue.routing_key) == ("flows", "flows")  # as a sender declares it
+
+    chosen = Celery("routing-test-4", broker="memory://")
+    chosen.amqp.queues.select(["flows", "payments"])  # -Q naming the engine's queue
+    assert consume_engine_queues(chosen, "flows", [HASH]) == [f"flows.v.{HASH}"]
+
+
+def test_the_startup_log_names_the_workflows_and_what_q_leaves_out(caplog: pytest.LogCaptureFixture) -> None:
+    app = Celery("routing-test-5", broker="memory://")
+    app.amqp.queues.select(["payments"])
+    with caplog.at_level(logging.INFO, logger="continuum_celery.routing"):
+        log_worker_plan(app, "flows", [("shop.order", 2, HASH)])
+    text = caplog.text
+    assert f"workflows registered: shop.order v2 ({HASH})" in text
+    assert "consumes only payments (-Q): it will not consume 'flows'" in text and "flows.v.*" in text
+
+    caplog.clear()
+    plain = Celery("routing-test-6", broker="memory://")
+    consume_engine_queues(plain, "flows", [HASH])
+    with caplog.at_level(logging.INFO, logger="continuum_celery.routing"):
+        log_worker_plan(plain, "flows", [])
+    assert "no workflows registered" in caplog.text
+    assert f"consuming 'flows' (replays, starts, sweeps) and version queues ['flows.v.{HASH}']" in caplog.text
+
+
+def test_a_missing_version_is_logged_once_per_process_and_counted_every_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = MemoryJournal()
+    journal.create_run(NewRun("stranded", "shop.gone", "h-gone", 1, {}))
+    journal.upsert_versions("host-a", [("shop.other", "h-other", 1, "m")])  # a live worker, without h-gone
+    events: list[Any] = []
+    unsubscribe = telemetry.subscribe(events.append, ["unknown_version"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="continuum_celery.routing"):
+            for _ in range(3):
+                assert report_unknown_versions(journal, live_within=60, batch=10) == [("shop.gone", "h-gone", 1)]
+            assert caplog.text.count("pinned to version h-gone") == 1
+            assert [e.fields["version_hash"] for e in events] == ["h-gone"] * 3
+
+            journal.upsert_versions("host-b", [("shop.gone", "h-gone", 1, "m")])  # served again: unparked
+            assert report_unknown_versions(journal, live_within=60, batch=10) == []
+            journal.retract_versions("host-b")  # gone again: worth a new warning
+            report_unknown_versions(journal, live_within=60, batch=10)
+            assert caplog.text.count("pinned to version h-gone") == 2
+    finally:
+        unsubscribe()
 
 
 def test_the_heartbeat_beats_until_stopped_and_survives_failures() -> None:
