@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from click.testing import CliRunner, Result
 
 from continuum_celery import Continuum, runtime
 from continuum_celery.cli import main
+from continuum_celery.cli_context import Operator
 from continuum_celery.embedded import embedded_engine, running_worker
 from continuum_celery.journal.base import NewRun
 from continuum_celery.journal.schema import head_revision
@@ -391,3 +393,49 @@ def test_demo_runs_the_examples_to_their_expected_ends(tmp_path: Path, monkeypat
     result = cli(None, "demo", "--database-url", f"sqlite:///{tmp_path / 'demo.sqlite3'}")
     assert result.exit_code == 0, result.output
     assert "all runs ended as expected" in result.stdout
+
+
+def test_demo_removes_its_temporary_journal_unless_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CONTINUUM_REDIS_URL", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    removed = cli(None, "demo")
+    assert removed.exit_code == 0, removed.output
+    assert list(tmp_path.iterdir()) == [] and "`continuum demo --keep` keeps it" in removed.stdout
+    kept = cli(None, "demo", "--keep")
+    assert kept.exit_code == 0, kept.output
+    [workdir] = tmp_path.iterdir()
+    assert f"--database-url sqlite:///{workdir / 'journal.sqlite3'} runs list" in kept.stdout
+    assert cli(None, "--database-url", f"sqlite:///{workdir / 'journal.sqlite3'}", "runs", "list").exit_code == 0
+
+
+# ---- read-only commands never create or write a journal ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [("runs", "list"), ("runs", "show", "some-run"), ("doctor",), ("versions",)], ids=" ".join
+)
+def test_read_only_commands_never_create_a_journal(
+    args: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CONTINUUM_DATABASE_URL", "CONTINUUM_APP", "CONTINUUM_CELERY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing configured: the default is ./continuum.sqlite3
+    result = cli(None, *args)
+    assert result.exit_code == 3, result.output
+    assert f"no SQLite journal at '{tmp_path / 'continuum.sqlite3'}'" in result.output
+    assert all(hint in result.output for hint in ("created none", "--database-url", "continuum migrate"))
+    missing = tmp_path / "elsewhere.sqlite3"
+    named = cli(None, "--database-url", f"sqlite:///{missing}", *args)
+    assert named.exit_code == 3 and "no SQLite journal" in named.output
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_read_only_commands_read_through_a_connection_that_refuses_writes(fleet: Fleet) -> None:
+    op = Operator(database_url=fleet.url)
+    try:
+        assert op.reader.get_run(fleet.ids["completed"]).state == "completed"
+        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+            op.reader.create_run(NewRun(f"ro-{uuid.uuid4().hex[:6]}", "ops.quick", "0" * 16, 1, {}))
+    finally:
+        op.close()
