@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Redis the tests use are up; start them if they are installed but down.
+# Make sure the PostgreSQL, Redis and RabbitMQ the tests use are up; start them if they are installed but down.
 set -euo pipefail
 
 wait_for() {  # name, check command; up to 30 s
@@ -35,3 +35,14 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   fi
 fi
 wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+
+# RabbitMQ: the integration suite runs a subset on it (each test in a vhost of its own).
+if command -v rabbitmqctl >/dev/null; then
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    echo "RabbitMQ is down; starting it"
+    rabbitmq-server -detached
+  fi
+  rabbitmqctl -q await_startup --timeout 60 >/dev/null && echo "RabbitMQ: up"
+else
+  echo "RabbitMQ is not installed: its tests are skipped (and fail under CI=true)" >&2
+fi
