@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +53,7 @@ class PrunedVersion:
     note: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "workflow": self.workflow,
-            "version_hash": self.version_hash,
-            "queue": self.queue,
-            "messages": self.messages,
-            "removed": self.removed,
-            "note": self.note,
-        }
+        return asdict(self)
 
 
 def prune_versions(
