@@ -206,7 +206,7 @@ class Continuum(runtime.Runtime):
             self._heartbeat.start()
 
     def stop_heartbeat(self, retract: bool = False) -> None:
-        """Stop the heartbeat; with ``retract``, also forget this worker's versions (a clean shutdown)."""
+        """Stop the heartbeat; with ``retract``, also mark this worker's versions stopped (a clean shutdown)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
