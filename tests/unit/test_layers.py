@@ -24,10 +24,10 @@ LAYERS: list[list[str]] = [
     ["leases", "wakeups", "notify", "routing", "cache", "dispatch"],
     ["executor", "stepper", "client"],
     ["tasks", "installer"],
-    ["app", "embedded"],
+    ["celeryconfig", "app", "embedded"],
     ["<root>"],
     ["examples.*"],
-    ["cli_format", "inspection", "doctor", "replay_check", "testing", "demo"],
+    ["cli_format", "inspection", "doctor", "pruning", "replay_check", "testing", "demo"],
     ["cli_context", "cli_runs", "cli_versions", "cli"],
 ]
 

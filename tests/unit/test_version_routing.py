@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from continuum_celery import telemetry
 from continuum_celery.dispatch import REPLAY_TASK, Dispatcher, run_member
 from continuum_celery.errors import ConfigurationError
 from continuum_celery.journal.base import Dispatch, NewRun
-from continuum_celery.journal.memory import MemoryJournal
+from continuum_celery.journal.schema import migrate
+from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.routing import (
     VersionHeartbeat,
     base_queue,
@@ -103,9 +105,11 @@ def test_the_startup_log_names_the_workflows_and_what_q_leaves_out(caplog: pytes
 
 
 def test_a_missing_version_is_logged_once_per_process_and_counted_every_sweep(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    journal = MemoryJournal()
+    url = f"sqlite:///{tmp_path / 'journal.sqlite3'}"
+    migrate(url)
+    journal = SQLJournal(url)
     journal.create_run(NewRun("stranded", "shop.gone", "h-gone", 1, {}))
     journal.upsert_versions("host-a", [("shop.other", "h-other", 1, "m")])  # a live worker, without h-gone
     events: list[Any] = []
@@ -124,6 +128,7 @@ def test_a_missing_version_is_logged_once_per_process_and_counted_every_sweep(
             assert caplog.text.count("pinned to version h-gone") == 2
     finally:
         unsubscribe()
+        journal.close()
 
 
 def test_the_heartbeat_beats_until_stopped_and_survives_failures() -> None:
