@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import NondeterminismError, RunCancelled
 from .events import TERMINAL_EVENTS, Event, Kind, NewEvent
-from .serialization import encode_error
+from .serialization import check_storable, encode_error
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,15 @@ class Execution:
     # ---- body side: used by the context ------------------------------------------------
 
     def command(self, kind: Kind, name: str | None, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Issue a command; return its id and payload (the journal's on replay, ``payload`` if new)."""
+        """Issue a command; return its id and payload (the journal's on replay, ``payload`` if new).
+
+        Raises:
+            PayloadError: a new command the journal could not store (a name or option JSON cannot
+                carry); raised to the body, so the run fails with it instead of failing every commit.
+        """
         cid = self._next_command_id
+        if not self._commands:
+            check_storable({"name": name, "payload": payload}, f"command {cid} ({kind.value}) of run {self.run_id}")
         self._next_command_id += 1
         if self._commands:
             recorded = self._commands.popleft()
