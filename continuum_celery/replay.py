@@ -294,32 +294,52 @@ class Execution:
 
     def _main(self) -> None:
         try:
+            outcome = self._run_body()
+            if self._commands:
+                self._unmatched(outcome)
+            self._outcome = outcome
+        except _Abort:
+            return
+
+    def _run_body(self) -> Outcome:
+        try:
             try:
                 result = self._fn(self.context, self._input)
             except RunCancelled as exc:
-                self._finish_failed(exc, Cancelled)
-                return
+                return self._finish_failed(exc, Cancelled)
             except _Abort:
                 raise
             except Exception as exc:
-                self._finish_failed(exc, Fail)
-                return
+                return self._finish_failed(exc, Fail)
             if isinstance(result, ContinueAsNewRequest):
-                self._outcome = ContinueAsNew(result.input)
-            else:
-                self._outcome = Complete(self.context.checked_result(result))
-        except _Abort:
-            return
+                return ContinueAsNew(result.input)
+            return Complete(self.context.checked_result(result))
         except Exception as exc:  # a failure while compensating or encoding the result
-            self._outcome = Fail(encode_error(exc))
+            return Fail(encode_error(exc))
 
-    def _finish_failed(self, exc: BaseException, outcome: type[Fail] | type[Cancelled]) -> None:
+    def _unmatched(self, outcome: Outcome) -> None:
+        """The body ended before reissuing every recorded command: the code no longer matches the history."""
+        if isinstance(outcome, Fail):
+            ended = f"raised {outcome.error.get('type')}"
+        else:
+            ended = {Complete: "returned", Cancelled: "let RunCancelled escape", ContinueAsNew: "continued as new"}[
+                type(outcome)
+            ]
+        first, left = self._commands[0], len(self._commands)
+        more = f" and {left - 1} more recorded command(s)" if left > 1 else ""
+        self._fatal(
+            first.seq,
+            f"{first.kind.value} {first.name!r} (command {first.command_id}){more}",
+            f"nothing more (the body {ended})",
+        )
+
+    def _finish_failed(self, exc: BaseException, outcome: type[Fail] | type[Cancelled]) -> Fail | Cancelled:
         error = encode_error(exc)
         if self._saga:
             # Compensating is the cleanup: a cancel arriving meanwhile must not cut it short.
             self._cancel_seen = True
             error["compensations"] = self.context.compensate()
-        self._outcome = outcome(error)
+        return outcome(error)
 
 
 def replay_history(

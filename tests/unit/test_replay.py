@@ -18,6 +18,7 @@ from continuum_celery import ActivityFailed, NondeterminismError, RunCancelled, 
 from continuum_celery.context import RunInfo, context_factory
 from continuum_celery.events import Event, Kind, NewEvent
 from continuum_celery.replay import Cancelled, Complete, ContinueAsNew, Decision, Execution, Fail, replay_history
+from continuum_celery.serialization import dumps
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 INFO = RunInfo("run-replay", "tests.replay.flow", "hash-1")
@@ -351,3 +352,113 @@ def test_a_saga_compensates_in_reverse_completion_order_each_once(live: Callable
     kinds = [e.kind for e in run.events]
     assert kinds.count(Kind.COMPENSATION_SCHEDULED) == 2
     assert run.replay().commands == []
+
+
+def approval(ctx: Any, n: int) -> int:
+    """The recorded body: activity, signal wait, activity."""
+    first = ctx.run(add, n, 1)
+    extra = ctx.wait_signal("go")
+    return ctx.run(add, first, extra)
+
+
+def _returns_early(ctx: Any, n: int) -> int:
+    return ctx.run(add, n, 1)
+
+
+def _raises_early(ctx: Any, n: int) -> int:
+    ctx.run(add, n, 1)
+    raise ValueError("no approval needed any more")
+
+
+def _continues_early(ctx: Any, n: int) -> Any:
+    return ctx.continue_as_new(ctx.run(add, n, 1))
+
+
+@pytest.mark.parametrize(
+    ("body", "ended"),
+    [(_returns_early, "returned"), (_raises_early, "raised ValueError"), (_continues_early, "continued as new")],
+    ids=["returns", "raises", "continues"],
+)
+@pytest.mark.parametrize("finished", [False, True], ids=["waiting-history", "finished-history"])
+def test_a_body_that_ends_before_its_recorded_commands_is_nondeterminism(
+    live: Callable[..., Live], body: Callable[[Any, Any], Any], ended: str, finished: bool
+) -> None:
+    run = live(approval, 1)
+    run.step()
+    run.done(1, 2)
+    run.step()
+    run.add(Kind.SIGNAL_RECEIVED, 2, "go", payload=3)
+    if finished:
+        run.step()
+        run.done(3, 5)
+        assert run.step().outcome == Complete(5)
+    history = list(run.events)
+
+    # A fresh execution of the new body, as a worker without the run cached would replay it.
+    execution = Execution(body, 1, context_factory(INFO), run_id=INFO.run_id)
+    with pytest.raises(NondeterminismError) as caught:
+        execution.advance(history, NOW)
+    err = caught.value
+    assert (err.run_id, err.seq) == (INFO.run_id, 4)  # the signal wait, the first command left unmatched
+    more = " and 1 more recorded command(s)" if finished else ""
+    assert err.recorded == f"signal_wait 'go' (command 2){more}"
+    assert err.requested == f"nothing more (the body {ended})"
+    assert f"run {INFO.run_id}: at event 4 the history holds signal_wait 'go'" in str(err)
+    assert execution.finished and run.events == history  # nothing decided, nothing appended
+
+
+def test_a_body_that_ends_having_matched_every_command_is_not_nondeterminism(live: Callable[..., Live]) -> None:
+    run = live(approval, 1)
+    run.step()
+    run.done(1, 2)
+    run.step()
+    run.add(Kind.SIGNAL_RECEIVED, 2, "go", payload=3)
+    run.step()
+    run.done(3, 5)
+    assert run.step().outcome == Complete(5)
+
+    def cleaned_up(ctx: Any, n: int) -> int:  # another result, the same commands: for replay-check to judge
+        first = ctx.run(add, n, 1)
+        return ctx.run(add, first, ctx.wait_signal("go")) * 10
+
+    assert run.replay(cleaned_up) == Decision([], Complete(50))
+
+
+@pytest.mark.parametrize(
+    ("call", "where"),
+    [
+        (lambda ctx: ctx.wait_signal("caf\udce9"), "command 2 (signal_wait) of run run-replay['name']"),
+        (lambda ctx: ctx.patched("caf\udce9"), "command 2 (patch_marker) of run run-replay['name']"),
+        (lambda ctx: ctx.start_activity(add, 1, 1, queue="q\udce9"), "['payload']['queue']"),
+        (lambda ctx: ctx.start_activity(add, 1, 1, timeout=float("nan")), "['payload']['timeout'] is nan"),
+    ],
+    ids=["signal-name", "patch-id", "queue", "timeout"],
+)
+def test_a_command_the_journal_cannot_store_fails_the_body_with_payload_error(
+    live: Callable[..., Live], call: Callable[[Any], Any], where: str
+) -> None:
+    def body(ctx: Any, _: Any) -> Any:
+        ctx.run(add, 1, 1)
+        return call(ctx)
+
+    run = live(body)
+    run.step()
+    run.done(1, 2)
+    end = run.step()
+    assert end.commands == []  # nothing the journal would refuse
+    assert isinstance(end.outcome, Fail) and end.outcome.error["type"] == "PayloadError"
+    assert where in end.outcome.error["message"]
+    assert run.replay() == Decision([], end.outcome)
+
+
+def test_a_body_failing_with_a_lone_surrogate_fails_with_a_storable_error(live: Callable[..., Live]) -> None:
+    def body(ctx: Any, _: Any) -> None:
+        ctx.run(add, 1, 1)
+        raise ValueError("caf\udce9")
+
+    run = live(body)
+    run.step()
+    run.done(1, 2)
+    end = run.step()
+    assert isinstance(end.outcome, Fail) and end.outcome.error["message"] == "caf\\udce9"
+    dumps(end.outcome.error).encode("utf-8")  # the commit encodes it so

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -10,7 +12,15 @@ from typing import Any
 import pytest
 
 from continuum_celery.errors import ContinuumError, InvalidArgument, PayloadError, RunCancelled
-from continuum_celery.serialization import check_json, dumps, encode_error, error_matches, loads, roundtrip
+from continuum_celery.serialization import (
+    MAX_ERROR_MESSAGE,
+    check_json,
+    dumps,
+    encode_error,
+    error_matches,
+    loads,
+    roundtrip,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +81,60 @@ def test_errors_encode_as_json_and_match_by_type() -> None:
     assert json.loads(dumps(error)) == error
     assert error_matches(error, (KeyError, RunCancelled))
     assert not error_matches(error, (ContinuumError,))  # the exact type, not a base class
+
+
+NON_UTF8 = os.fsdecode(b"caf\xe9")  # a Latin-1 file name as Python decodes it: 'caf\udce9'
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({"files": ["ok", NON_UTF8]}, "input['files'][1] holds the lone surrogate '\\udce9' at index 3"),
+        ({NON_UTF8: 1}, "input has a key that holds the lone surrogate '\\udce9' at index 3"),
+        ("\ud800", "input holds the lone surrogate '\\ud800' at index 0"),
+        ([10**4300], "input[0] is an int of about 4301 digits"),
+        ({"n": -(10**5000)}, "input['n'] is an int of about 5001 digits"),
+    ],
+)
+def test_text_and_ints_json_readers_refuse_are_payload_errors(value: Any, words: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        check_json(value, "input")
+    assert words in str(caught.value)
+    fix = "errors='replace'" if "surrogate" in words else "hex(n)"
+    assert fix in str(caught.value)
+
+
+def test_the_int_limit_is_the_default_one_whatever_this_process_allows() -> None:
+    assert check_json([10**4299, -(10**4299)], "input")  # 4,300 digits: every reader takes it
+    own = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(PayloadError, match=r"input\[0\] is an int of 4301 digits"):
+            check_json([10**4300], "input")  # this process could write it; a default reader could not load it
+    finally:
+        sys.set_int_max_str_digits(own)
+
+
+def test_an_error_payload_is_always_storable_and_readable() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    errors = []
+    raised_ones = [
+        ValueError(NON_UTF8),
+        OSError(2, "No such file", f"/data/{NON_UTF8}"),
+        Unprintable(),
+        KeyError("x" * 9000),
+    ]
+    for exc in raised_ones:
+        try:
+            raise exc
+        except Exception as raised:
+            errors.append(encode_error(raised))
+    for error in errors:
+        dumps(error).encode("utf-8")  # what the journal does with it; a lone surrogate would raise here
+    assert errors[0]["message"] == "caf\\udce9" and "ValueError: caf\\udce9" in errors[0]["traceback"]
+    assert errors[1]["message"] == "[Errno 2] No such file: '/data/caf\\udce9'"
+    assert errors[2]["message"].endswith("Unprintable whose str() raised RuntimeError>")
+    assert len(errors[3]["message"]) < MAX_ERROR_MESSAGE + 40 and errors[3]["message"].endswith("more characters)")
