@@ -12,7 +12,7 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .errors import RunNotFound, WorkflowFailed
 from .events import Event
-from .ids import validate_run_id, validate_signal_name
+from .ids import run_id_for_message, validate_run_id, validate_signal_name
 from .journal.base import Dispatch, Journal, NewRun, RunRecord
 from .notify import Notifier
 from .runtime import RunHandle
@@ -38,9 +38,19 @@ class Client:
     def __init__(self, engine: EngineParts) -> None:
         self._engine = engine
 
-    def start(self, defn: WorkflowDefinition[Any], input: Any, *, run_id: str | None = None) -> JournalRunHandle:
-        """Create the run (idempotent on ``run_id``) and dispatch its first step."""
-        run_id = validate_run_id(run_id) if run_id is not None else str(uuid.uuid4())
+    def start(
+        self, defn: WorkflowDefinition[Any], input: Any, *, run_id: str | None = None, message_id: str | None = None
+    ) -> JournalRunHandle:
+        """Create the run (idempotent on ``run_id``) and dispatch its first step.
+
+        ``message_id`` is the Celery task id of the message asking for the start: without a
+        ``run_id``, the run id derives from it, so a redelivered or resent message starts the
+        same run once. Without either, the run gets a random UUID.
+        """
+        if run_id is not None:
+            run_id = validate_run_id(run_id)
+        else:
+            run_id = run_id_for_message(message_id) if message_id is not None else str(uuid.uuid4())
         check_json(input, f"input of workflow {defn.name}", self._engine.settings.max_payload_bytes)
         with tracing.span(
             "continuum.start",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from .errors import InvalidArgument
@@ -24,6 +25,17 @@ def validate_run_id(run_id: Any) -> str:
             run_id=repr(run_id),
         )
     return run_id
+
+
+def run_id_for_message(message_id: str) -> str:
+    """The run id a start message without a ``run_id`` starts: one per Celery task id.
+
+    The task id itself when it is a usable run id (Celery's are UUIDs, so the run and the
+    message share their id); else a UUID derived from it.
+    """
+    if _RUN_ID.fullmatch(message_id):
+        return message_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"continuum:start:{message_id}"))
 
 
 def validate_signal_name(name: Any) -> str:

@@ -76,9 +76,13 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
             max_payload_bytes=engine.settings.max_payload_bytes,
         )
 
-    @app.task(name=START_TASK, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)
-    def start(*args: Any, workflow: str, run_id: str | None = None) -> str:
-        """Start a run from a Celery canvas; returns the run id to the next link."""
+    @app.task(name=START_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)
+    def start(task: Any, *args: Any, workflow: str, run_id: str | None = None) -> str:
+        """Start a run from a Celery canvas; returns the run id to the next link.
+
+        Without ``run_id`` the run id comes from the message's task id, so a redelivered or
+        resent start message starts one run, not one per delivery.
+        """
         if len(args) > 1:
             raise InvalidArgument(
                 f"continuum.start for {workflow} got {len(args)} positional values; a workflow takes one "
@@ -86,7 +90,8 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
             )
         from .definitions import get_workflow
 
-        handle = engine.client.start(get_workflow(workflow), args[0] if args else None, run_id=run_id)
+        defn, input = get_workflow(workflow), args[0] if args else None
+        handle = engine.client.start(defn, input, run_id=run_id, message_id=task.request.id)
         return handle.id
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0)
