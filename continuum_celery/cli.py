@@ -16,12 +16,12 @@ from typing import Any
 import click
 
 from .cli_context import EXIT_FAILED, CommandFailed, ContinuumGroup, Operator, operator
-from .cli_format import compact, echo_json
+from .cli_format import compact, echo_json, sql_count
 from .cli_runs import runs
 from .cli_versions import replay_check, versions
 from .errors import RunFinished
 from .ids import validate_run_id, validate_signal_name
-from .serialization import check_json, roundtrip
+from .serialization import MAX_INT_DIGITS, check_json, roundtrip
 
 
 @click.group(name="continuum", cls=ContinuumGroup)
@@ -64,6 +64,20 @@ def migrate(ctx: click.Context) -> None:
     click.echo(f"journal at revision {head}")
 
 
+def _parse_payload(text: str) -> Any:
+    """The JSON value of a PAYLOAD argument; text that does not parse is bad usage (exit 2)."""
+    shown = repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text)} characters)"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = f"is not JSON ({exc}); quote it, e.g. '{{\"ok\": true}}'"
+    except RecursionError:
+        problem = "is nested too deeply to parse; a payload may nest at most 200 levels"
+    except ValueError:  # the only other refusal of json.loads: an int over Python's int-str digit limit
+        problem = f"holds an int of more than {MAX_INT_DIGITS} digits; send it as a string"
+    raise click.BadParameter(f"{shown} {problem}.", param_hint="PAYLOAD")
+
+
 @main.command()
 @click.argument("run_id")
 @click.argument("name")
@@ -75,10 +89,7 @@ def signal(ctx: click.Context, run_id: str, name: str, payload: str, as_json: bo
     op = operator(ctx)
     validate_run_id(run_id)
     validate_signal_name(name)
-    try:
-        value = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{payload!r} is not JSON ({exc}); quote it, e.g. '{{\"ok\": true}}'.") from None
+    value = _parse_payload(payload)
     check_json(value, f"payload of signal {name!r}", op.settings.max_payload_bytes)
     warning = op.dispatch(op.journal.send_signal(run_id, name, roundtrip(value)))
     _warn(warning)
@@ -161,7 +172,7 @@ def retry(ctx: click.Context, run_id: str, by: str | None, as_json: bool) -> Non
 
 @main.command()
 @click.argument("run_ids", nargs=-1)
-@click.option("--limit", type=click.IntRange(1), default=500, show_default=True, help="Most runs to examine.")
+@click.option("--limit", type=sql_count(1), default=500, show_default=True, help="Most runs to examine.")
 @click.option(
     "--ping-timeout",
     type=click.FloatRange(0.1, 30),

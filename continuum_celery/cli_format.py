@@ -58,6 +58,27 @@ def parse_age(text: str) -> timedelta:
     return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
 
 
+#: Largest count or offset a query takes: a signed 64-bit integer, in PostgreSQL and in SQLite.
+MAX_SQL_INT = 2**63 - 1
+
+
+def sql_count(minimum: int) -> click.IntRange:
+    """The click type of a count or offset option: a value the database cannot take is bad usage (exit 2)."""
+    return click.IntRange(minimum, MAX_SQL_INT)
+
+
+def cutoff(age: str, now: datetime) -> datetime:
+    """``now`` minus the age ``age`` (``90s``, ``7d``, ``1h30m``).
+
+    Raises:
+        ValueError: ``age`` is not an age, or reaches back before the year 1.
+    """
+    try:
+        return now - parse_age(age)
+    except OverflowError:
+        raise ValueError(f"{age!r} reaches back before the year 1: use a shorter age, or no age at all") from None
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with dataclasses, datetimes and tuples turned into JSON types."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -93,4 +114,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ago", "compact", "echo_json", "jsonable", "parse_age", "span", "stamp", "table", "when"]
+__all__ = [
+    "MAX_SQL_INT",
+    "ago",
+    "compact",
+    "cutoff",
+    "echo_json",
+    "jsonable",
+    "parse_age",
+    "span",
+    "sql_count",
+    "stamp",
+    "table",
+    "when",
+]

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .cli_context import ContinuumGroup, operator
-from .cli_format import ago, compact, echo_json, jsonable, parse_age, stamp, table, when
+from .cli_format import MAX_SQL_INT, ago, compact, cutoff, echo_json, jsonable, sql_count, stamp, table, when
 from .events import Kind
 from .inspection import RunDetail, TimelineEntry, run_detail
 from .journal.base import RunRecord
@@ -113,8 +113,8 @@ def runs() -> None:
 @click.option("--state", "-s", type=click.Choice(RUN_STATES), help="Only runs in this state.")
 @click.option("--since", help="Only runs created within this age: 90s, 15m, 2h, 7d, 1h30m.")
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True, help="Runs per page.")
-@click.option("--offset", type=click.IntRange(0), default=None, help="Skip this many runs (newest first).")
-@click.option("--page", type=click.IntRange(1), default=None, help="Page number (1-based); instead of --offset.")
+@click.option("--offset", type=sql_count(0), default=None, help="Skip this many runs (newest first).")
+@click.option("--page", type=sql_count(1), default=None, help="Page number (1-based); instead of --offset.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def list_runs(
@@ -131,11 +131,13 @@ def list_runs(
     if page is not None and offset is not None:
         raise click.UsageError("give --page or --offset, not both.")
     start = (page - 1) * limit if page is not None else (offset or 0)
+    if start > MAX_SQL_INT:
+        raise click.BadParameter(f"page {page} of {limit} runs starts past the last possible run.", param_hint="--page")
     now = datetime.now(timezone.utc)
     created_after = None
     if since:
         try:
-            created_after = now - parse_age(since)
+            created_after = cutoff(since, now)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
     found = operator(ctx).reader.list_runs(
@@ -203,7 +205,7 @@ def _show_human(detail: RunDetail) -> None:
 
 @runs.command("show")
 @click.argument("run_id")
-@click.option("--last", type=click.IntRange(1), default=None, help="Only the last N events of the history.")
+@click.option("--last", type=sql_count(1), default=None, help="Only the last N events of the history.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, last: int | None, as_json: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .cli_context import EXIT_FAILED, BadInput, operator
-from .cli_format import ago, echo_json, table
+from .cli_format import ago, echo_json, sql_count, table
 from .journal.rules import STOPPED_AT
 from .replay_check import DEFAULT_LIMIT, History, check_histories, load_histories, read_histories
 from .versioning import registry as workflow_registry
@@ -137,7 +137,7 @@ def prune(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     help="Read histories from a JSON file written by continuum_celery.replay_check.export_history.",
 )
 @click.option("--workflow", help="Only runs of this workflow.")
-@click.option("--limit", type=click.IntRange(1), default=DEFAULT_LIMIT, show_default=True, help="Newest runs read.")
+@click.option("--limit", type=sql_count(1), default=DEFAULT_LIMIT, show_default=True, help="Newest runs read.")
 @click.option(
     "-m",
     "--module",

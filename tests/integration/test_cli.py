@@ -262,6 +262,90 @@ def test_signal_stores_the_payload_and_refuses_bad_input(fleet: Fleet) -> None:
     assert missing.exit_code == 1 and "no run with id 'nope'" in missing.output
 
 
+#: JSON ``[[[...]]]`` nested 10,000 deep: ``json.loads`` raises RecursionError on it.
+DEEP_JSON = "[" * 10_000 + "]" * 10_000
+#: A payload argument a shell passes from non-UTF-8 bytes, as Python decodes argv.
+RAW_SURROGATE = os.fsdecode(b'"caf\xe9"')
+TOO_LONG = "is not in the range"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["signal", "RUN", "go", DEEP_JSON], "is nested too deeply to parse; a payload may nest at most 200 levels"),
+        (
+            ["signal", "RUN", "go", '"caf\\udce9"'],
+            "payload of signal 'go' holds the lone surrogate '\\udce9' at index 3",
+        ),
+        (
+            ["signal", "RUN", "go", RAW_SURROGATE],
+            "payload of signal 'go' holds the lone surrogate '\\udce9' at index 3",
+        ),
+        (["signal", "RUN", "go", '{"n": ' + "9" * 5000 + "}"], "holds an int of more than 4300 digits"),
+        (["signal", "RUN", "go", '{"n": [' + "1" * 4301 + "]}"], "holds an int of more than 4300 digits"),
+        (["runs", "list", "--since", "3000000d"], "'3000000d' reaches back before the year 1"),
+        (["runs", "list", "--since", "9" * 40 + "s"], "reaches back before the year 1"),
+        (["runs", "list", "--offset", "100000000000000000000"], f"{TOO_LONG} 0<=x<=9223372036854775807"),
+        (["runs", "list", "--page", "9223372036854775807"], "page 9223372036854775807 of 50 runs starts past the last"),
+        (["runs", "show", "RUN", "--last", "100000000000000000000"], TOO_LONG),
+        (["doctor", "--limit", "100000000000000000000"], TOO_LONG),
+        (["replay-check", "--limit", "100000000000000000000"], TOO_LONG),
+    ],
+    ids=[
+        "deep-json",
+        "escaped-surrogate",
+        "raw-surrogate",
+        "5000-digits",
+        "4301-digits",
+        "since-3000000d",
+        "since-overflow",
+        "offset-over-bigint",
+        "page-over-bigint",
+        "last-over-bigint",
+        "doctor-limit",
+        "replay-check-limit",
+    ],
+)
+def test_values_beyond_what_json_or_the_database_take_are_bad_usage(
+    fleet: Fleet, args: list[str], message: str
+) -> None:
+    run_id = fleet.ids["waiting"]
+
+    def journal() -> list[Any]:
+        runs = fleet.sql("SELECT id, state, last_seq, lease_token, updated_at FROM continuum_runs ORDER BY id")
+        counts = fleet.sql("SELECT (SELECT count(*) FROM continuum_events), (SELECT count(*) FROM continuum_signals)")
+        return [list(map(tuple, runs)), tuple(counts[0])]
+
+    before = journal()
+    result = cli(fleet, *[run_id if a == "RUN" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # click's exit, not an escaped error
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output and len(errors[0]) < 400
+    assert journal() == before
+
+
+def test_the_largest_offset_the_database_takes_is_a_page_past_the_end(fleet: Fleet) -> None:
+    result = cli(fleet, "runs", "list", "--offset", "9223372036854775807")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "no runs past offset 9223372036854775807."
+    long_ago = as_json(cli(fleet, "runs", "list", "--json", "--since", "700000d", "--limit", "1000"))
+    assert {r["id"] for r in long_ago["runs"]} >= set(fleet.ids.values())
+
+
+def test_a_shell_payload_the_journal_cannot_store_exits_2_without_a_traceback(fleet: Fleet) -> None:
+    """The installed ``continuum`` command, given argv bytes that are not UTF-8, and JSON too deep to parse."""
+    command = [Path(sys.executable).with_name("continuum"), "--database-url", fleet.url, "signal", fleet.ids["waiting"]]
+    inbox = _inbox(fleet, fleet.ids["waiting"])
+    for payload, message in ((b'"caf\xe9"', b"lone surrogate '\\udce9'"), (DEEP_JSON.encode(), b"nested too deeply")):
+        done = subprocess.run([*map(os.fsencode, command), b"go", payload], capture_output=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count(b"Error:") == 1 and message in done.stderr, done.stderr
+        assert b"Traceback" not in done.stderr
+    assert _inbox(fleet, fleet.ids["waiting"]) == inbox
+
+
 def test_signal_with_the_broker_down_is_stored_and_says_the_sweep_will_send_it(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
