@@ -56,13 +56,17 @@ def _marked(chaos: Stack, name: str) -> int:
     return int(chaos.sql("SELECT count(*) AS n FROM test_marks WHERE name = :n", n=name)[0].n)
 
 
-def _assert_settled(chaos: Stack, run_ids: list[str]) -> None:
-    """The failed runs stay as they are: no claim, no event, across sweeps that outlast a lease."""
+def _assert_failed_for_good(chaos: Stack, run_ids: list[str], path: str) -> None:
+    """The runs failed once and stay so: no claim, no event across sweeps that outlast a lease; a clean audit."""
     before = _run_rows(chaos, run_ids)
     # At a sweep every 0.5 s, 10 sweeps outlast the 3 s lease a looping run would have lapsed.
     seen = _marked(chaos, "sweep")
     wait_until(lambda: _marked(chaos, "sweep") >= seen + 10, 60, "ten more sweeps")
     assert _run_rows(chaos, run_ids) == before
+    result = audit(chaos.sql, expected=run_ids)
+    print(f"{path}: {result.summary()}")
+    result.assert_clean()
+    assert result.states == {"failed": len(run_ids)}
 
 
 def _activity_messages(worker: Proc) -> int:
@@ -97,11 +101,7 @@ def test_an_error_holding_a_lone_surrogate_fails_its_run_once_readably(chaos: St
     assert "(signal_wait) of run" in error["message"] and "lone surrogate '\\udce9'" in error["message"]
     assert _kinds(chaos, in_command.id) == ["run_started", "activity_scheduled", "activity_completed", "run_failed"]
 
-    _assert_settled(chaos, ids)
-    result = audit(chaos.sql, expected=ids)
-    print(f"{path}: {result.summary()}")
-    result.assert_clean()
-    assert result.states == {"failed": 3}
+    _assert_failed_for_good(chaos, ids, path)
     # The first attempts took the path under test (the retry of open_file is always a message).
     assert _activity_messages(worker) == (1 if path == "inline" else 4)
 
@@ -128,9 +128,5 @@ def test_an_activity_returning_an_unstorable_value_fails_once_with_payload_error
         assert _marked(chaos, f"produce:{handle.id}") == 1
 
     ids = [h.id for h in handles.values()]
-    _assert_settled(chaos, ids)
-    result = audit(chaos.sql, expected=ids)
-    print(f"{path}: {result.summary()}")
-    result.assert_clean()
-    assert result.states == {"failed": 3}
+    _assert_failed_for_good(chaos, ids, path)
     assert _activity_messages(worker) == (0 if path == "inline" else 3)
