@@ -63,7 +63,7 @@ BAD_LEAVES: list[tuple[Any, str]] = [
     (Exception("x"), "builtins.Exception"),
     # JSON encodes these, but the journal could not store or read them back.
     ("caf\udce9", "holds the lone surrogate '\\udce9' at index 3"),
-    (10**5000, "is an int of about 5001 digits"),
+    (10**5000, "is an int of more than 4300 digits"),
 ]
 BAD_KEYS: list[Any] = [1, 2.5, None, True, (1, 2)]
 BAD_IDS: list[Any] = [
