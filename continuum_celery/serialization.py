@@ -157,14 +157,14 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
         message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message) - MAX_ERROR_MESSAGE} more characters)"
     trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__))[-8000:]
     return {
-        "type": safe_text(cls.__qualname__),
-        "module": safe_text(str(cls.__module__)),
-        "message": safe_text(message),
-        "traceback": safe_text(trace),
+        "type": _safe_text(cls.__qualname__),
+        "module": _safe_text(str(cls.__module__)),
+        "message": _safe_text(message),
+        "traceback": _safe_text(trace),
     }
 
 
-def safe_text(text: str) -> str:
+def _safe_text(text: str) -> str:
     """``text`` with what UTF-8 cannot encode (lone surrogates) written as backslash escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
