@@ -9,7 +9,7 @@ from celery import chain
 from continuum_celery import get_run
 from continuum_celery.ids import run_id_for_message
 from tests.support.flows import from_canvas, prepare, remember_run
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, on_each_broker, wait_until
 
 
 def _chained_run_ids(stack: Stack) -> list[str]:
@@ -46,6 +46,7 @@ def test_wf_s_with_a_run_id_is_idempotent_across_chains(stack: Stack) -> None:
     assert len(started) == 1
 
 
+@on_each_broker
 def test_a_start_message_sent_three_times_starts_one_run(stack: Stack) -> None:
     """What a broker redelivery or a retrying producer does: the same task id, three deliveries."""
     stack.client()
