@@ -83,6 +83,8 @@ def test_rolling_deploy_keeps_each_run_on_the_code_it_started_on(stack: Stack) -
     assert f"celery.v.{order_v1.version_hash}" in worker_c.output(), "C consumes the v1 queue"
     assert f"celery.v.{order_v1.version_hash}" not in worker_b.output(), "B does not"
     assert old.result(timeout=30) == {"body": "v1", "order": "old", "decision": "late"}
+    # A step's mark is written after its commit, so the result can be read before C's last mark lands.
+    wait_until(lambda: "deploy-c" in stepped_by(stack, old.id), 10, "worker C to record its steps")
     assert stepped_by(stack, old.id) == {"deploy-a", "deploy-c"}, "worker B never stepped the v1 run"
     assert stepped_by(stack, new.id) == {"deploy-b"}
     assert old.record().stuck_reason is None
