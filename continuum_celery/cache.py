@@ -26,15 +26,26 @@ class ExecutionCache:
             return self._items.pop(run_id, None)
 
     def put(self, run_id: str, execution: Execution) -> None:
-        """Keep a paused execution; evict the least recently used beyond the size."""
+        """Keep a paused execution; evict the least recently used beyond the size.
+
+        An execution it replaces (another step of the run kept its own meanwhile) is closed.
+        """
         evicted: list[Execution] = []
         with self._lock:
+            replaced = self._items.pop(run_id, None)
+            if replaced is not None and replaced is not execution:
+                evicted.append(replaced)
             self._items[run_id] = execution
-            self._items.move_to_end(run_id)
             while len(self._items) > self._size:
                 evicted.append(self._items.popitem(last=False)[1])
         for old in evicted:
             old.close()
+
+    def discard(self, run_id: str) -> None:
+        """Close and forget the run's execution, if one is kept (the run ended in another process)."""
+        execution = self.take(run_id)
+        if execution is not None:
+            execution.close()
 
     def clear(self) -> None:
         with self._lock:

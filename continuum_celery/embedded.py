@@ -61,6 +61,7 @@ def running_worker(
             stop.set()
             sweeper.join(timeout=5)
             engine.stop_pump()
+            engine.stop_watch()
             engine.stop_heartbeat()
             engine.stop_metrics()
             engine.cache.clear()

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
@@ -82,6 +83,7 @@ class Continuum(runtime.Runtime):
         self._pump: WakeupPump | None = None
         self._heartbeat: VersionHeartbeat | None = None
         self._stepper: Stepper | None = None
+        self._unwatch: Callable[[], None] | None = None
         self.metrics: PrometheusMetrics | None = None
         register_tasks(app, self)
         app.conf.beat_schedule = {
@@ -137,7 +139,15 @@ class Continuum(runtime.Runtime):
                         queue=self.settings.queue,
                         inline_activities=self.settings.inline_activities,
                     )
+                    # Runs that end in another process would otherwise keep their cached bodies parked here.
+                    self._unwatch = self.notifier.watch_finished(self.cache.discard)
         return self._stepper
+
+    def stop_watch(self) -> None:
+        """Stop following finished runs (the cache then relies on its size bound alone)."""
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
 
     def _redis_client(self) -> Any:
         if self._redis is None and self.settings.redis_url:
@@ -265,6 +275,7 @@ class Continuum(runtime.Runtime):
             self.notifier = self._make_notifier()
             self.dispatcher.wakeups = self.wakeups
             self._stepper = None
+            self._unwatch = None  # the parent's watch thread did not survive the fork
             if self.metrics is not None:  # the parent's exporter; its server thread did not survive the fork
                 self.metrics.uninstall()
                 self.metrics = None
@@ -302,6 +313,7 @@ class Continuum(runtime.Runtime):
 
         def on_shutdown(sender: Any = None, **_: Any) -> None:
             self.stop_pump()
+            self.stop_watch()
             if _app_of(sender) is self.app:
                 self.stop_heartbeat(retract=True)
 

@@ -66,6 +66,12 @@ class Notifier(Protocol):
     def claim_dispatch(self, key: str, ttl: float) -> bool:
         """Return ``True`` if no one claimed ``key`` in the last ``ttl`` seconds, claiming it."""
 
+    def watch_finished(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(run_id)`` for every run that finishes from now on (best effort); returns a stop function.
+
+        A worker process uses it to drop the executions it keeps for runs another process ended.
+        """
+
 
 def _check_ttl(ttl: float) -> None:
     if not ttl > 0:
@@ -74,6 +80,17 @@ def _check_ttl(ttl: float) -> None:
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _notify(callback: Callable[[str], None], run_id: str) -> None:
+    try:
+        callback(run_id)
+    except Exception:
+        logger.warning("finished-run callback failed for run %s", run_id, exc_info=True)
 
 
 def _remaining(deadline: float | None, until: float) -> float:
@@ -129,6 +146,32 @@ class RedisNotifier:
         _check_ttl(ttl)
         millis = max(1, round(ttl * 1000))
         return bool(self._client.set(self.dispatch_key(key), "1", nx=True, px=millis))
+
+    def watch_finished(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Follow every run's channel (``PSUBSCRIBE``) in a daemon thread that survives Redis outages."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(callback, stop), name="continuum-finished-watch", daemon=True
+        )
+        thread.start()
+        return stop.set
+
+    def _watch(self, callback: Callable[[str], None], stop: threading.Event) -> None:
+        prefix = self.channel("")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        while not stop.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(pattern)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "pmessage":
+                        _notify(callback, _text(message["channel"])[len(prefix) :])
+            except redis.RedisError:
+                logger.debug("finished-run watch lost Redis; retrying", exc_info=True)
+                stop.wait(1.0)
+            finally:
+                self._close(pubsub)
 
     def wait_finished(self, run_id: str, timeout: float | None, check: Callable[[], bool]) -> bool:
         """Wait on the run's channel, confirming every wake-up with ``check()``.
@@ -233,13 +276,28 @@ class LocalNotifier:
         self._claims: dict[str, float] = {}
         self._claims_lock = threading.Lock()
         self._sweep_at = 1024
+        self._watchers: list[Callable[[str], None]] = []
 
     def publish_finished(self, run_id: str, state: str) -> None:
-        """Wake the waiters of ``run_id``; a no-op if there are none."""
+        """Wake the waiters and watchers of ``run_id``."""
         with self._cond:
             if run_id in self._waiters:
                 self._published[run_id] += 1
                 self._cond.notify_all()
+            watchers = list(self._watchers)
+        for callback in watchers:
+            _notify(callback, run_id)
+
+    def watch_finished(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback`` from each later ``publish_finished``; returns a stop function."""
+        with self._cond:
+            self._watchers.append(callback)
+
+        def stop() -> None:
+            with self._cond, contextlib.suppress(ValueError):
+                self._watchers.remove(callback)
+
+        return stop
 
     def wait_finished(self, run_id: str, timeout: float | None, check: Callable[[], bool]) -> bool:
         """Wait for a publish on ``run_id``, confirming every wake-up with ``check()``."""

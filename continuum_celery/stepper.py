@@ -60,10 +60,17 @@ class Stepper:
         state = "skipped"
         for _ in range(MAX_STEPS_PER_TASK):
             execution = self.cache.take(run_id)
-            start = self.journal.begin_step(run_id, self.owner, self.lease_ttl, execution.last_seq if execution else 0)
+            try:
+                start = self.journal.begin_step(
+                    run_id, self.owner, self.lease_ttl, execution.last_seq if execution else 0
+                )
+            except BaseException:
+                if execution is not None:
+                    execution.close()
+                raise
             if start is None:
                 if execution is not None:
-                    self.cache.put(run_id, execution)
+                    self._keep_unless_ended(run_id, execution)
                 return state
             if execution is not None and execution.last_seq > start.run.last_seq:
                 # The journal is behind this process's memory (it lost commits it had acknowledged, e.g. a
@@ -115,13 +122,37 @@ class Stepper:
                 saga=getattr(defn, "saga", False),
                 run_id=run.id,
             )
-        with self.renewer.hold(start.lease):  # from the claim to the last step taken under it
-            return self._decide(start, execution, rlog, began, cache_hit)
+        # This step owns the execution: whatever ends it (a database error included), the body's
+        # thread is either kept in the cache for the next step or released, never left parked.
+        keep = False
+        try:
+            with self.renewer.hold(start.lease):  # from the claim to the last step taken under it
+                state, again, keep = self._decide(start, execution, rlog, began, cache_hit)
+            return state, again
+        finally:
+            if keep:
+                self.cache.put(run.id, execution)
+            else:
+                execution.close()
+
+    def _keep_unless_ended(self, run_id: str, execution: Execution) -> None:
+        """Put back an execution whose run could not be claimed, unless the run has ended meanwhile."""
+        try:
+            ended = self.journal.get_run(run_id).terminal
+        except Exception:
+            ended = True  # cannot tell: a replay from the journal is always correct
+        if ended:
+            execution.close()
+        else:
+            self.cache.put(run_id, execution)
 
     def _decide(
         self, start: StepStart, execution: Execution, rlog: Any, began: float, cache_hit: bool
-    ) -> tuple[str, bool]:
-        """Replay, commit, and run lone activities inline for as long as the run stays this worker's."""
+    ) -> tuple[str, bool, bool]:
+        """Replay, commit, and run lone activities inline for as long as the run stays this worker's.
+
+        Returns the run's state, whether it can step again at once, and whether to keep the execution.
+        """
         run = start.run
         events, now, loaded = start.events, start.now, len(start.events)
         completed: CompletedAttempt | None = None
@@ -137,7 +168,7 @@ class Stepper:
                 if completed is not None:  # its effect happened: record it before parking the run
                     self.journal.finish_activity(completed.claim, result=completed.result)
                 self.journal.release(start.lease, stuck_reason="nondeterminism")
-                return "suspended", False
+                return "suspended", False, False
             cid = self._inline_candidate(decision)
             inline = Inline(cid) if cid is not None else None
             try:
@@ -152,16 +183,14 @@ class Stepper:
                     completed=completed,
                 )
             except LeaseLost:
-                execution.close()
                 telemetry.emit("lease_lost", run_id=run.id, workflow=run.workflow, token=start.lease.token)
                 raise
             if result.declined and completed is not None:
                 # Input arrived while the attempt ran: record it plainly, and decide again once that input
                 # is resolved (a fresh replay: this execution already consumed the folded result).
-                execution.close()
                 self._record(completed.claim, completed_attempt or AttemptResult(completed.result, None, True, 0.0))
                 self.journal.release(start.lease)
-                return "suspended", True
+                return "suspended", True, False
             execution.acknowledge(result.last_seq)
             telemetry.emit(
                 "replay_step",
@@ -179,29 +208,26 @@ class Stepper:
             self._emit_commands(run.id, run.workflow, decision.commands)
             self.dispatcher.send(result.dispatches)
             if result.finished_state is not None:
-                execution.close()
                 self._announce_end(run.id, run.workflow, result, decision, rlog)
-                return result.finished_state, False
+                return result.finished_state, False, False
             if result.lease_kept and result.inline_claim is not None and cid is not None:
                 # The run is still ours: run the activity, then decide on its result in one transaction.
                 with activity_span(result.inline_claim):
                     attempt = execute(result.inline_claim, self.owner, None, self.max_payload_bytes)
                 if attempt.error is not None:
-                    self.cache.put(run.id, execution)
                     self._record(result.inline_claim, attempt)
                     self.journal.release(start.lease)  # the next claim resolves the failure or waits out the retry
-                    return "suspended", True
+                    return "suspended", True, True
                 completed, completed_attempt = CompletedAttempt(result.inline_claim, cid, attempt.result), attempt
                 kind, payload = task_outcome("activity", "completed", attempt.result, None, result.inline_claim.attempt)
                 events = [Event(result.last_seq + 1, kind, cid, result.inline_claim.name, payload)]
                 now, loaded, began, cache_hit = result.now or now, 0, time.perf_counter(), True
                 continue
-            self.cache.put(run.id, execution)
             if result.inline_claim is not None:
-                return "suspended", self._run_inline(result.inline_claim) or result.runnable_again
+                return "suspended", self._run_inline(result.inline_claim) or result.runnable_again, True
             if result.next_wakeup_at is not None and not result.runnable_again:
                 self.dispatcher.schedule_wakeup(run.id, result.next_wakeup_at, run.version_hash)
-            return "suspended", result.runnable_again
+            return "suspended", result.runnable_again, True
 
     def _child_versions(self, decision: Decision) -> dict[str, tuple[str, int]]:
         """The current (hash, version) of each child workflow the decision starts."""

@@ -280,6 +280,7 @@ class Stack:
             proc.stop(timeout=15)
         if self.engine is not None:
             self.engine.stop_pump()
+            self.engine.stop_watch()
             self.engine.journal.close()
         client = redis_lib.Redis.from_url(self.redis_url)
         try:
