@@ -204,6 +204,7 @@ class WorkflowContext:
         assert self._execution.now is not None
         timeout_at = None if seconds is None else (self._execution.now + timedelta(seconds=seconds)).isoformat()
         cid, _ = self._execution.command(Kind.SIGNAL_WAIT, name, {"timeout_at": timeout_at})
+        self._execution.receive(cid, name)
         return Future(self._execution, cid, f"signal {name!r}").result()
 
     def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, *, run_id: str | None = None) -> ChildHandle:

@@ -113,3 +113,22 @@ class NewEvent:
     command_id: int | None = None
     name: str | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InboxSignal:
+    """A signal waiting in a run's inbox, not consumed yet; ``id`` orders arrivals."""
+
+    id: int
+    name: str
+    payload: Any
+
+
+def first_signal(inbox: list[InboxSignal], name: str | None) -> InboxSignal | None:
+    """The signal a wait on ``name`` takes from ``inbox``: the earliest one of that name."""
+    return next((s for s in inbox if s.name == name), None)
+
+
+def received(signal: InboxSignal) -> dict[str, Any]:
+    """The payload of the ``signal_received`` event that consumes ``signal``."""
+    return {"payload": signal.payload, "signal_id": signal.id}

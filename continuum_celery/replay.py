@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import NondeterminismError, RunCancelled
-from .events import TERMINAL_EVENTS, Event, Kind, NewEvent
+from .events import TERMINAL_EVENTS, Event, InboxSignal, Kind, NewEvent, first_signal, received
 from .serialization import check_storable, encode_error
 
 
@@ -152,6 +152,7 @@ class Execution:
         self._resolved: dict[int, Event] = {}
         self._next_command_id = 1
         self._new: list[NewEvent] = []
+        self._inbox: list[InboxSignal] = []
         self._outcome: Outcome | None = None
         self._error: BaseException | None = None
         self._cancel_seen = False
@@ -161,8 +162,10 @@ class Execution:
 
     # ---- engine side -------------------------------------------------------------------
 
-    def advance(self, events: Iterable[Event], now: datetime) -> Decision:
+    def advance(self, events: Iterable[Event], now: datetime, inbox: Sequence[InboxSignal] = ()) -> Decision:
         """Feed the journal's events after ``last_seq`` and run the body until it waits or ends.
+
+        ``inbox`` holds signals no recorded wait took; a new wait may take one at once (see :meth:`receive`).
 
         Raises:
             NondeterminismError: the body did not reproduce the history; the execution is dead.
@@ -181,6 +184,7 @@ class Execution:
                 # A finished run's history (replay checks): code past its last command ran before.
                 self.history_ended = self.history_ended or event.kind in TERMINAL_EVENTS
         self._new = []
+        self._inbox = list(inbox)
         self._handoff.resume()
         if self._error is not None:
             self.close()
@@ -240,6 +244,22 @@ class Execution:
         self._commands.popleft()
         self._next_command_id += 1
         self.replaying = bool(self._commands)
+
+    def receive(self, command_id: int, name: str) -> None:
+        """Let the signal wait just issued as ``command_id`` take a signal already in the inbox.
+
+        Its ``signal_received`` joins the decision right after the wait, so one step consumes every
+        signal waiting, not one per replay. Only with no other outcome left to reveal: on replay those
+        come first (journal order), so the body must see them first now too.
+        """
+        fresh = bool(self._new) and self._new[-1].command_id == command_id
+        signal = first_signal(self._inbox, name) if fresh and not self._outcomes else None
+        if signal is None:
+            return
+        self._inbox.remove(signal)
+        payload = received(signal)
+        self._new.append(NewEvent(Kind.SIGNAL_RECEIVED, command_id, name, payload))
+        self._reveal(Event(self.last_seq + len(self._new), Kind.SIGNAL_RECEIVED, command_id, name, payload))
 
     def resolved(self, command_id: int) -> Event | None:
         """The outcome revealed so far for ``command_id``, if any."""

@@ -154,13 +154,13 @@ class Stepper:
         Returns the run's state, whether it can step again at once, and whether to keep the execution.
         """
         run = start.run
-        events, now, loaded = start.events, start.now, len(start.events)
+        events, now, loaded, inbox = start.events, start.now, len(start.events), start.inbox
         completed: CompletedAttempt | None = None
         completed_attempt: AttemptResult | None = None
         while True:
             try:
                 advance_began = time.perf_counter()
-                decision = execution.advance(events, now)
+                decision = execution.advance(events, now, inbox)
                 advance_duration = time.perf_counter() - advance_began
             except NondeterminismError as exc:
                 telemetry.emit("nondeterminism", run_id=run.id, workflow=run.workflow, seq=getattr(exc, "seq", None))
@@ -222,6 +222,7 @@ class Stepper:
                 kind, payload = task_outcome("activity", "completed", attempt.result, None, result.inline_claim.attempt)
                 events = [Event(result.last_seq + 1, kind, cid, result.inline_claim.name, payload)]
                 now, loaded, began, cache_hit = result.now or now, 0, time.perf_counter(), True
+                inbox = []  # what this claim read may be consumed by now; the next claim reads it again
                 continue
             if result.inline_claim is not None:
                 return "suspended", self._run_inline(result.inline_claim) or result.runnable_again, True
@@ -305,6 +306,8 @@ class Stepper:
                 )
             elif cmd.kind is Kind.CHILD_STARTED:
                 telemetry.emit("run_started", run_id=cmd.payload.get("run_id"), workflow=cmd.name, parent_run_id=run_id)
+            elif cmd.kind is Kind.SIGNAL_RECEIVED:
+                telemetry.emit("signal_received", run_id=run_id, workflow=workflow, signal=cmd.name)
 
     @staticmethod
     def _emit_outcomes(start: StepStart) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..events import Event, NewEvent
+from ..events import Event, InboxSignal, NewEvent
 from ..replay import Outcome
 from ..states import is_terminal
 
@@ -116,6 +116,8 @@ class StepStart:
     wake_seq: int
     dispatches: list[Dispatch] = field(default_factory=list)
     snapshot_seq: int = 0
+    #: Signals no pending wait took at the claim (at most ``rules.INBOX_BATCH``), for new waits of this step.
+    inbox: list[InboxSignal] = field(default_factory=list)
 
 
 @dataclass

@@ -23,6 +23,8 @@ REDISPATCH_BACKOFF_CAP = 8
 #: ``last_seen_at`` of a worker's version rows after its clean shutdown: never live again, and kept
 #: (rather than deleted) so that ``continuum versions prune`` still finds the version and its queue.
 STOPPED_AT = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: Signals one claim hands to its step at most (a step consumes those its new waits take, in one commit).
+INBOX_BATCH = 1000
 #: Commands that create an activity task row, and the row's kind.
 SCHEDULE_KINDS = {Kind.ACTIVITY_SCHEDULED: "activity", Kind.COMPENSATION_SCHEDULED: "compensation"}
 #: (task kind, final state) -> the outcome event it becomes in the run's journal.

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from ..states import RUNNABLE, TERMINAL
 from .rules import CHILD_OUTCOMES
-from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, snapshots, timers
+from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, signals, snapshots, timers
 
 #: SQLite's clock in SQLAlchemy's stored datetime text (SQLite gives milliseconds; the zeros pad to micro).
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f"
@@ -120,6 +120,8 @@ class StepStatements:
         self.task_outcome_seq = (
             activity_tasks.update().where(activity_tasks.c.id == _p("task")).values(outcome_seq=_p("seq"))
         )
+        self.insert_timers = timers.insert().values(created_at=now)
+        self.consume_signal = signals.update().where(signals.c.id == _p("signal")).values(consumed_seq=_p("seq"))
         self.pending_timers = (
             sa.select(timers)
             .where(timers.c.run_id == run_id, timers.c.state == "pending")

@@ -11,7 +11,7 @@ from ..errors import (
     JournalError,
     RunConflict,
 )
-from ..events import Event, Kind, NewEvent
+from ..events import Event, InboxSignal, Kind, NewEvent, first_signal, received
 from ..replay import ContinueAsNew, Outcome
 from ..serialization import dumps, loads
 from ..snapshots import Snapshot
@@ -29,6 +29,7 @@ from .base import (
     StepStart,
 )
 from .rules import (
+    INBOX_BATCH,
     SCHEDULE_KINDS,
     TaskSpec,
     cancelled_task_outcome,
@@ -76,9 +77,10 @@ class StepsMixin(TasksMixin):
                 return None
             appender = Appender(run_id, row.last_seq, row.db_now)
             dispatches: list[Dispatch] = []
+            inbox: list[InboxSignal] = []
             # A run that has journaled no command yet (only run_started) has nothing to resolve but a cancel.
             if row.last_seq > 1 or row.cancel_requested_at is not None:
-                dispatches = self._resolve(conn, row, appender)
+                dispatches, inbox = self._resolve(conn, row, appender)
                 appender.flush(conn, self)
                 self._maybe_snapshot(conn, run_id, row.last_seq, appender.seq)
             lease = Lease(run_id=run_id, token=row.lease_token, owner=owner)
@@ -92,6 +94,7 @@ class StepsMixin(TasksMixin):
                 wake_seq=row.wake_seq,
                 dispatches=dispatches,
                 snapshot_seq=snapshot_seq,
+                inbox=inbox,
             )
 
     def _replay_log(self, conn: sa.Connection, run_id: str, after_seq: int, last_seq: int) -> tuple[list[Event], int]:
@@ -120,8 +123,8 @@ class StepsMixin(TasksMixin):
             )
         )
 
-    def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> list[Dispatch]:
-        """Append every outcome that is now available to the claimed run."""
+    def _resolve(self, conn: sa.Connection, run: Any, out: Appender) -> tuple[list[Dispatch], list[InboxSignal]]:
+        """Append every outcome that is now available to the claimed run; return its dispatches and inbox."""
         dispatches: list[Dispatch] = []
         # An inline attempt lives as long as the lease it ran under: this claim replaced that lease, so
         # retry the attempt now rather than after its start-to-close timeout. A row its old holder is
@@ -138,28 +141,34 @@ class StepsMixin(TasksMixin):
             kind, payload = task_outcome(task.kind, task.state, loads(task.result), loads(task.error), task.attempt)
             task_seq = out.add(kind, task.command_id, task.name, payload)
             conn.execute(self.sql.task_outcome_seq, {"p_task": task.id, "p_seq": task_seq})
+        inbox = self._resolve_waits(conn, run, out)
+        children = conn.execute(self.sql.unreported_children, {"p_run": run.id}).all()
+        for child in children:
+            kind, payload = child_outcome(child.state, child.id, loads(child.result), loads(child.error))
+            out.add(kind, child.parent_command_id, child.workflow, payload)
+            conn.execute(runs.update().where(runs.c.id == child.id).values(reported_to_parent=True))
+        return dispatches, inbox
+
+    def _resolve_waits(self, conn: sa.Connection, run: Any, out: Appender) -> list[InboxSignal]:
+        """Fire due timers, give each pending signal wait its signal; return the signals left in the inbox."""
         pending = conn.execute(self.sql.pending_timers, {"p_run": run.id}).all()
-        inbox: list[Any] = []
+        inbox: list[InboxSignal] = []
         if any(t.kind == "signal" for t in pending):
-            inbox = list(
-                conn.execute(
-                    sa.select(signals)
+            inbox = [
+                InboxSignal(s.id, s.name, loads(s.payload))
+                for s in conn.execute(
+                    sa.select(signals.c.id, signals.c.name, signals.c.payload)
                     .where(signals.c.run_id == run.id, signals.c.consumed_seq.is_(None))
                     .order_by(signals.c.id)
-                ).all()
-            )
+                )
+            ]
         for timer in pending:
             seq: int | None = None
             if timer.kind == "signal":
-                match = next((s for s in inbox if s.name == timer.name), None)
+                match = first_signal(inbox, timer.name)
                 if match is not None:
                     inbox.remove(match)
-                    seq = out.add(
-                        Kind.SIGNAL_RECEIVED,
-                        timer.command_id,
-                        timer.name,
-                        {"payload": loads(match.payload), "signal_id": match.id},
-                    )
+                    seq = out.add(Kind.SIGNAL_RECEIVED, timer.command_id, timer.name, received(match))
                     conn.execute(signals.update().where(signals.c.id == match.id).values(consumed_seq=seq))
                 elif timer.fire_at is not None and timer.fire_at <= out.now:
                     seq = out.add(Kind.SIGNAL_TIMED_OUT, timer.command_id, timer.name, {})
@@ -171,12 +180,7 @@ class StepsMixin(TasksMixin):
                     .where(timers.c.run_id == run.id, timers.c.command_id == timer.command_id)
                     .values(state="fired", outcome_seq=seq)
                 )
-        children = conn.execute(self.sql.unreported_children, {"p_run": run.id}).all()
-        for child in children:
-            kind, payload = child_outcome(child.state, child.id, loads(child.result), loads(child.error))
-            out.add(kind, child.parent_command_id, child.workflow, payload)
-            conn.execute(runs.update().where(runs.c.id == child.id).values(reported_to_parent=True))
-        return dispatches
+        return inbox[:INBOX_BATCH]
 
     def _cancel_pending(self, conn: sa.Connection, run_id: str, out: Appender | None) -> list[Dispatch]:
         """Drop a run's pending timers and unstarted tasks; ask its live children to stop.
@@ -238,7 +242,6 @@ class StepsMixin(TasksMixin):
         if row is None:
             raise self._lease_lost(conn, lease)
         last_seq = row.last_seq - appended
-        now = self.clock.now
         if completed is not None and row.wake_seq != wake_seq:
             raise _Declined(last_seq)  # rolls the transaction back: nothing is written
         out = Appender(lease.run_id, last_seq, None)
@@ -246,8 +249,10 @@ class StepsMixin(TasksMixin):
             self._record_inline_success(conn, lease, completed, out)
         dispatches: list[Dispatch] = []
         immediate = False
+        waits: dict[int, dict[str, Any]] = {}
+        consumed: list[dict[str, Any]] = []
         for cmd in commands:
-            out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
+            seq = out.add(cmd.kind, cmd.command_id, cmd.name, dict(cmd.payload))
             assert cmd.command_id is not None
             if cmd.kind in SCHEDULE_KINDS:
                 # A cancel not yet journaled holds new work back: that activity goes the Celery way.
@@ -260,23 +265,23 @@ class StepsMixin(TasksMixin):
                 else:
                     dispatches.append(Dispatch("activity", tid, queue=spec.queue, attempt=1, label=cmd.name or ""))
             elif cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT):
-                conn.execute(
-                    timers.insert().values(
-                        run_id=lease.run_id,
-                        command_id=cmd.command_id,
-                        kind="sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
-                        name=cmd.name,
-                        fire_at=wait_deadline(cmd),
-                        state="pending",
-                        created_at=now,
-                    )
-                )
-                if cmd.kind is Kind.SIGNAL_WAIT and self._has_signal(conn, lease.run_id, cmd.name or ""):
-                    immediate = True
+                waits[cmd.command_id] = {
+                    "run_id": lease.run_id,
+                    "command_id": cmd.command_id,
+                    "kind": "sleep" if cmd.kind is Kind.TIMER_SCHEDULED else "signal",
+                    "name": cmd.name,
+                    "fire_at": wait_deadline(cmd),
+                    "state": "pending",
+                    "outcome_seq": None,
+                }
+            elif cmd.kind is Kind.SIGNAL_RECEIVED:  # the wait just before took a signal of the step's inbox
+                waits[cmd.command_id].update(state="fired", outcome_seq=seq)
+                consumed.append({"p_signal": cmd.payload["signal_id"], "p_seq": seq})
             elif cmd.kind is Kind.CHILD_STARTED:
                 child = child_run(cmd, lease.run_id, row.correlation_id, child_versions)
                 self._start_child(conn, child)
                 dispatches.append(Dispatch("replay", child.id, label=child.workflow, version_hash=child.version_hash))
+        immediate = self._store_waits(conn, lease.run_id, waits, consumed) or immediate
         result = StepResult(last_seq=out.seq)
         if outcome is None and inline is not None and inline_claim is not None:
             result.lease_kept = not immediate and row.wake_seq == wake_seq
@@ -334,6 +339,20 @@ class StepsMixin(TasksMixin):
         if not updated:  # the sweep took the attempt back (it overran its timeout): this decision is void
             raise inline_attempt_lost(lease, claim)
         self._store_result(conn, claim, result)
+
+    def _store_waits(
+        self, conn: sa.Connection, run_id: str, waits: dict[int, dict[str, Any]], consumed: list[dict[str, Any]]
+    ) -> bool:
+        """Insert a step's timer rows, mark the signals its waits took; True if a pending wait has one waiting."""
+        if waits:
+            conn.execute(self.sql.insert_timers, list(waits.values()))
+        if consumed:
+            # Only a lease holder consumes signals, and take_run has just proved this step holds the run.
+            conn.execute(self.sql.consume_signal, consumed)
+        return any(
+            w["kind"] == "signal" and w["state"] == "pending" and self._has_signal(conn, run_id, w["name"] or "")
+            for w in waits.values()
+        )
 
     def _has_signal(self, conn: sa.Connection, run_id: str, name: str) -> bool:
         found = conn.execute(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from continuum_celery.errors import RunConflict
-from continuum_celery.events import Kind
+from continuum_celery.events import Kind, NewEvent
 from continuum_celery.journal.base import Journal
 from continuum_celery.replay import Complete, Fail
 
@@ -115,3 +115,40 @@ def test_a_child_id_used_by_another_run_is_refused_and_nothing_is_written(
     assert journal.get_run("taken").parent_run_id is None and journal.get_run("taken").workflow == WORKFLOW
     commit(journal, step, [side_effect(1, 0.5), child(2, "kid-ok")])
     assert journal.get_run("kid-ok").parent_run_id == "run-1"
+
+
+def test_a_claim_hands_over_the_signals_no_pending_wait_took_and_a_commit_consumes_them(journal: Journal) -> None:
+    start(journal)
+    step = claim(journal)
+    result = commit(journal, step, [signal_wait(1, "go")])
+    for name, payload in [("go", 1), ("other", "x"), ("go", 2), ("go", 3)]:
+        journal.send_signal("run-1", name, payload)
+    step = claim(journal, after=result.last_seq)
+    assert received(step) == [(1, 1)]  # the pending wait took the first; the rest wait in arrival order
+    assert [(s.name, s.payload) for s in step.inbox] == [("other", "x"), ("go", 2), ("go", 3)]
+    go2, go3 = step.inbox[1], step.inbox[2]
+    receipts = [
+        signal_wait(2, "go"),
+        NewEvent(Kind.SIGNAL_RECEIVED, 2, "go", {"payload": 2, "signal_id": go2.id}),
+        signal_wait(3, "go"),
+        NewEvent(Kind.SIGNAL_RECEIVED, 3, "go", {"payload": 3, "signal_id": go3.id}),
+        signal_wait(4, "go"),
+    ]
+    result = commit(journal, step, receipts)
+    assert not result.runnable_again  # the one wait left pending has no signal waiting
+    journal.send_signal("run-1", "go", 4)
+    step = claim(journal, after=result.last_seq)
+    assert received(step) == [(4, 4)]  # consumed signals are never delivered again
+    assert [s.payload for s in step.inbox] == ["x"]
+    kinds = [(e.kind, e.command_id) for e in journal.history("run-1") if e.command_id in (2, 3)]
+    assert kinds == [(Kind.SIGNAL_WAIT, 2), (Kind.SIGNAL_RECEIVED, 2), (Kind.SIGNAL_WAIT, 3), (Kind.SIGNAL_RECEIVED, 3)]
+
+
+def test_a_wait_left_pending_with_its_signal_already_sent_makes_the_run_runnable_again(journal: Journal) -> None:
+    start(journal)
+    step = claim(journal)
+    journal.send_signal("run-1", "go", 1)  # the claim read no inbox: no wait was pending then
+    result = commit(journal, step, [signal_wait(1, "go")])
+    assert result.runnable_again
+    step = claim(journal, after=result.last_seq)
+    assert received(step) == [(1, 1)] and step.inbox == []

@@ -172,3 +172,9 @@ def poisoned_flow(ctx: Any, spec: dict[str, Any]) -> None:
 def waiter_flow(ctx: Any, spec: dict[str, Any]) -> Any:
     """Waits for the signal ``go`` and returns its payload."""
     return ctx.wait_signal("go", timeout=spec.get("timeout", 300))
+
+
+@workflow(workflow="chaos.inbox")
+def inbox_flow(ctx: Any, spec: dict[str, Any]) -> list[Any]:
+    """Consumes ``count`` signals ``go`` one after another; returns their payloads in order."""
+    return [ctx.wait_signal("go") for _ in range(spec["count"])]
