@@ -36,6 +36,12 @@ DEFAULT_QUEUE: str | None = None
 DEFAULT_VERSION_HEARTBEAT = 15.0
 #: A version not refreshed by any worker for this many seconds counts as gone (its worker died).
 DEFAULT_VERSION_TTL = 60.0
+#: Seconds a Redis command (wake-ups, notifications) may take before it counts as failed.
+DEFAULT_REDIS_TIMEOUT = 1.0
+#: Seconds Redis is skipped after a command failed (timers and dispatches fall back to the sweep).
+DEFAULT_REDIS_COOLDOWN = 5.0
+#: Seconds publishing one Celery message may take before the sweep is left to send it.
+DEFAULT_PUBLISH_TIMEOUT = 1.0
 #: Address the Prometheus exporter binds: loopback keeps metrics private unless asked otherwise.
 DEFAULT_METRICS_ADDR = "127.0.0.1"
 
@@ -53,6 +59,9 @@ _ENV = {
     "metrics_port": "CONTINUUM_METRICS_PORT",
     "metrics_addr": "CONTINUUM_METRICS_ADDR",
     "inline_activities": "CONTINUUM_INLINE_ACTIVITIES",
+    "redis_timeout": "CONTINUUM_REDIS_TIMEOUT",
+    "redis_cooldown": "CONTINUUM_REDIS_COOLDOWN",
+    "publish_timeout": "CONTINUUM_PUBLISH_TIMEOUT",
 }
 
 # Field annotations (strings, under ``from __future__ import annotations``) read from text as numbers.
@@ -90,6 +99,11 @@ class Settings:
             (``0``: any free port). None (the default) exports nothing.
         metrics_addr: address the metrics server binds (loopback by default; ``0.0.0.0`` for a
             Prometheus server on another host).
+        redis_timeout: seconds a Redis command may take (connect and read) before it counts as failed.
+        redis_cooldown: seconds Redis is skipped after a failed command; meanwhile timers and
+            dispatches fall back to the sweep, so a hung Redis costs a step at most one timeout.
+        publish_timeout: seconds publishing one Celery message may take (connect, write, one
+            reconnect); past it the caller goes on and the sweep sends the message later.
     """
 
     name: str = "default"
@@ -112,6 +126,9 @@ class Settings:
     version_ttl: float = DEFAULT_VERSION_TTL
     metrics_port: int | None = None
     metrics_addr: str = DEFAULT_METRICS_ADDR
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    redis_cooldown: float = DEFAULT_REDIS_COOLDOWN
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.key_prefix:
@@ -125,6 +142,9 @@ class Settings:
                 f"version_heartbeat={self.version_heartbeat} and version_ttl={self.version_ttl}: use a positive "
                 f"heartbeat shorter than the ttl (defaults {DEFAULT_VERSION_HEARTBEAT} and {DEFAULT_VERSION_TTL})."
             )
+        for knob in ("redis_timeout", "redis_cooldown", "publish_timeout"):
+            if not getattr(self, knob) > 0:
+                raise ConfigurationError(f"{knob}={getattr(self, knob)}: use a positive number of seconds.")
         if self.snapshot_every < 10:
             raise ConfigurationError(f"snapshot_every={self.snapshot_every}: use 10 or more.")
 

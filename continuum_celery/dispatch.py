@@ -1,8 +1,10 @@
 """Turn the journal's ``Dispatch`` records into Celery messages, after the commit.
 
-Messages carry ids only. A dispatch due in the future (an activity retry) is
-never an ETA message: it becomes a wake-up in Redis (or the in-process heap),
-and the beat sweep re-derives it from the journal if that is lost.
+Messages carry ids only, and are published with a deadline (see
+:mod:`continuum_celery.publisher`). A dispatch due in the future (an activity
+retry) is never an ETA message: it becomes a wake-up in Redis (or the
+in-process heap), and the beat sweep re-derives it from the journal if that
+is lost.
 
 A replay of a run pinned to a version goes to that version's queue (see
 :mod:`continuum_celery.routing`), so only a worker that has the code takes it.
@@ -15,7 +17,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .config import DEFAULT_PUBLISH_TIMEOUT
 from .journal.base import Dispatch
+from .publisher import Publisher
 from .routing import base_queue, version_queue
 from .wakeups import Wakeups
 
@@ -39,12 +43,19 @@ class Dispatcher:
     """Sends replay and activity messages; defers future work to wake-ups."""
 
     def __init__(
-        self, app: Celery, queue: str | None, wakeups: Wakeups | None, *, version_routing: bool = True
+        self,
+        app: Celery,
+        queue: str | None,
+        wakeups: Wakeups | None,
+        *,
+        version_routing: bool = True,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
     ) -> None:
         self.app = app
         self.queue = queue
         self.wakeups = wakeups
         self.version_routing = version_routing
+        self.publisher = Publisher(app, publish_timeout)
 
     def send(self, dispatches: Iterable[Dispatch]) -> None:
         """Send each dispatch now, or schedule it as a wake-up when it is due later.
@@ -115,4 +126,4 @@ class Dispatcher:
         options: dict[str, Any] = {"argsrepr": argsrepr.strip()}
         if queue:
             options["queue"] = queue
-        self.app.send_task(name, args=args, **options)
+        self.publisher.send(name, args, **options)

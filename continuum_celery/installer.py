@@ -29,6 +29,7 @@ from .journal.base import Journal
 from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .redis_guard import guarded_redis
 from .routing import VersionHeartbeat, base_queue, consume_engine_queues, log_worker_plan, report_unknown_versions
 from .stepper import Stepper
 from .tasks import emit_sweep, register_tasks, timed
@@ -76,7 +77,11 @@ class Continuum(runtime.Runtime):
         self.wakeups: Wakeups = self._make_wakeups()
         self.notifier: Notifier = self._make_notifier()
         self.dispatcher = Dispatcher(
-            app, self.settings.queue, self.wakeups, version_routing=self.settings.version_routing
+            app,
+            self.settings.queue,
+            self.wakeups,
+            version_routing=self.settings.version_routing,
+            publish_timeout=self.settings.publish_timeout,
         )
         self.cache = ExecutionCache(self.settings.cache_size)
         self.client = Client(self)
@@ -151,9 +156,9 @@ class Continuum(runtime.Runtime):
 
     def _redis_client(self) -> Any:
         if self._redis is None and self.settings.redis_url:
-            import redis
-
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+            self._redis = guarded_redis(
+                self.settings.redis_url, timeout=self.settings.redis_timeout, cooldown=self.settings.redis_cooldown
+            )
         return self._redis
 
     def _make_wakeups(self) -> Wakeups:

@@ -11,10 +11,11 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,16 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: connections stay open and every command waits unanswered."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def sizes(self) -> dict[str, int]:
         """Every key with its size (members of a list, set, sorted set or hash; 1 for a string)."""

@@ -82,6 +82,8 @@ class Stack:
     tmp: Path
     modules: tuple[str, ...] = ("tests.support.flows",)
     lease_ttl: float = 30.0
+    #: Redis of wake-ups and notifications when it is not the broker's (None: the broker's, ``redis_url``).
+    wakeup_redis_url: str | None = None
     #: Environment given to every worker and beat process of this stack (on top of the harness's).
     extra_env: dict[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -133,7 +135,7 @@ class Stack:
             CELERY_BROKER_URL=self.broker_url,
             CONTINUUM_TEST_BROKER_PREFIX=self.broker_prefix,
             CONTINUUM_DATABASE_URL=self.database_url,
-            CONTINUUM_REDIS_URL=self.redis_url,
+            CONTINUUM_REDIS_URL=self.wakeup_redis_url or self.redis_url,
             CONTINUUM_KEY_PREFIX=self.key_prefix,
             CONTINUUM_TEST_MODULES=",".join(self.modules),
             CONTINUUM_LEASE_TTL=str(self.lease_ttl),
@@ -184,7 +186,7 @@ class Stack:
             self.engine = Continuum(
                 app,
                 database_url=self.database_url,
-                redis_url=self.redis_url,
+                redis_url=self.wakeup_redis_url or self.redis_url,
                 key_prefix=self.key_prefix,
                 lease_ttl=self.lease_ttl,
                 name=f"test-{self.token}",
