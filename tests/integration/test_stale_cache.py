@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from continuum_celery import workflow
 from continuum_celery.embedded import embedded_engine
+from tests.support.stack import wait_until
 
 
 @workflow(workflow="tests.stale_cache.greeter")
@@ -33,3 +35,23 @@ def test_an_execution_ahead_of_the_journal_is_dropped_and_the_run_replayed(tmp_p
     finally:
         engine.cache.clear()
         engine.journal.close()
+
+
+def test_an_execution_whose_run_ended_in_another_process_is_closed_at_the_next_claim(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'journal.sqlite3'}"
+    here, there = embedded_engine(url, name="cache-here"), embedded_engine(url, name="cache-there")
+    try:
+        handle = here.client.start(greeter, "Ada")
+        assert here.stepper.step(handle.id) == "suspended"
+        assert len(here.cache) == 1  # the body is parked in this process, waiting for the signal
+        handle.signal("greeting", "Hello")
+        assert there.stepper.step(handle.id) == "completed"  # another process ends the run
+        threads = threading.active_count()
+
+        assert here.stepper.step(handle.id) == "skipped"  # a late delivery: nothing to claim
+        assert len(here.cache) == 0
+        wait_until(lambda: threading.active_count() == threads - 1, 10, "the parked body thread to end")
+    finally:
+        for engine in (here, there):
+            engine.cache.clear()
+            engine.journal.close()
