@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["hashing", "runtime", "versioning", "definitions"],
     ["replay", "futures", "saga", "context", "snapshots"],
     ["journal.*"],
-    ["leases", "wakeups", "notify", "routing", "cache", "dispatch"],
+    ["leases", "redis_guard", "wakeups", "notify", "routing", "cache", "publisher", "dispatch"],
     ["executor", "stepper", "client"],
     ["tasks", "installer"],
     ["celeryconfig", "app", "embedded"],
