@@ -3,7 +3,7 @@
 Redis holds wake-ups and notifications, nothing authoritative (the sweep re-derives
 both from the journal). So a hung Redis must cost a step a short, bounded delay, not
 a socket timeout per command: every command gets short connect and read timeouts and
-at most one reconnect, and after one fails the client skips Redis altogether for a
+at most one reconnect (none after a timeout), and after one fails the client skips Redis altogether for a
 cool-down (raising ``redis.ConnectionError`` at once, which every caller already
 treats as "fall back to the sweep"). The first command after the cool-down probes
 the server again.
@@ -95,7 +95,9 @@ def guarded_redis(url: str, *, timeout: float, cooldown: float) -> GuardedRedis:
         url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),  # one reconnect covers a connection the server dropped (a restart)
+        # One reconnect covers a connection the server dropped (a restart); a server that let a command
+        # time out would let the retry time out too, so timeouts are not retried.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
     client = GuardedRedis(connection_pool=pool)
     where = pool.connection_kwargs
