@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,13 @@ def configure(stack: Stack) -> Stack:
 
 
 @contextlib.contextmanager
-def private_stack(database_url: str, redis_url: str, tmp: Path) -> Iterator[Stack]:
-    """A chaos stack on servers the test owns (migrated database, test tables); stops its processes after."""
+def private_stack(database_url: str, redis_url: str, tmp: Path, **fields: Any) -> Iterator[Stack]:
+    """A chaos stack on servers the test owns (migrated database, test tables); stops its processes after.
+
+    ``fields`` go to :class:`Stack` (``amqp_url``, ``wakeup_redis_url``).
+    """
     migrate(database_url)
-    stack = Stack(database_url=database_url, redis_url=redis_url, tmp=tmp)
+    stack = Stack(database_url=database_url, redis_url=redis_url, tmp=tmp, **fields)
     stack.create_test_tables()
     try:
         yield configure(stack)

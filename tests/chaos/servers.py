@@ -123,6 +123,73 @@ class PrivateRedis:
         self.crash()
 
 
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (no plugins, its own ports and data directory)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory / f"rabbitmq-{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        script = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        found = str(script) if script.exists() else shutil.which("rabbitmq-server")
+        if found is None:
+            raise FileNotFoundError("no rabbitmq-server on this machine")
+        self.script = found
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        """Start the node and wait until it accepts an AMQP connection."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "plugins").write_text("[].")
+        env = dict(
+            os.environ,
+            HOME=str(self.directory),  # the Erlang cookie lives here
+            RABBITMQ_NODENAME=f"ctest{self.port}@localhost",
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=str(self.directory / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.directory / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.directory / "plugins"),
+            RABBITMQ_CONFIG_FILE=str(self.directory / "none"),
+        )
+        log = (self.directory / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [self.script], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        wait_until(self.ping, 90, f"rabbitmq-server on port {self.port} to accept connections", interval=0.5)
+
+    def ping(self) -> bool:
+        from kombu import Connection
+
+        try:
+            with Connection(self.url, connect_timeout=1) as conn:
+                conn.ensure_connection(max_retries=1)
+            return True
+        except Exception:
+            return False
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """SIGSTOP every process of the node for the block (connections stay open, nothing is answered)."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def _pg_bindir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if found:

@@ -8,13 +8,16 @@ resumes the sweep sends what was not sent. The run then completes, once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.chaos.audit import audit, wait_terminal
+from tests.chaos.conftest import private_stack
 from tests.chaos.faults import signal_all
-from tests.chaos.servers import PrivateRedis
+from tests.chaos.servers import PrivateRabbitMQ, PrivateRedis
 from tests.support.flows_chaos import waiter_flow
 from tests.support.stack import Stack, wait_until
 
@@ -40,14 +43,40 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, outcome
 
 
-def test_start_and_signal_return_while_the_broker_hangs(redis_chaos: Stack, private_redis: PrivateRedis) -> None:
-    stack = redis_chaos
+@pytest.fixture(params=["redis", "rabbitmq"])
+def hung_broker(request: pytest.FixtureRequest, fresh_pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    """(stack, broker): a chaos stack whose broker is a private server the test may hang.
+
+    A Redis broker also holds the wake-ups; with RabbitMQ they stay on the shared test Redis.
+    """
+    broker: PrivateRedis | PrivateRabbitMQ
+    if request.param == "redis":
+        broker = PrivateRedis(tmp_path)
+    else:
+        try:
+            broker = PrivateRabbitMQ(tmp_path)
+        except FileNotFoundError as exc:
+            pytest.skip(str(exc))
+    broker.start()
+    try:
+        if isinstance(broker, PrivateRedis):
+            stack_of = private_stack(fresh_pg_url, broker.url, tmp_path)
+        else:
+            stack_of = private_stack(fresh_pg_url, redis_url, tmp_path, amqp_url=broker.url)
+        with stack_of as stack:
+            yield stack, broker
+    finally:
+        broker.close()
+
+
+def test_start_and_signal_return_while_the_broker_hangs(hung_broker: Any) -> None:
+    stack, broker = hung_broker
     stack.worker(concurrency=2)
     stack.beat()
     waiter_flow.start({}, run_id="before")
     wait_until(lambda: _waiting(stack, "before"), 60, "the first run to wait for its signal")
 
-    with private_redis.hung():
+    with broker.hung():
         started, started_outcome = _in_thread(lambda: waiter_flow.start({}, run_id="during"))
         started.join(timeout=60)
         signalled, signalled_outcome = _in_thread(lambda: signal_all(stack, ["before"], "sent-while-hung"))

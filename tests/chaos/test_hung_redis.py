@@ -28,8 +28,7 @@ TIMERS = 3
 @pytest.fixture
 def wakeups_apart(fresh_pg_url: str, redis_url: str, private_redis: PrivateRedis, tmp_path: Path) -> Iterator[Stack]:
     """A chaos stack whose wake-ups and notifications live on the private Redis, its broker on the shared one."""
-    with private_stack(fresh_pg_url, redis_url, tmp_path) as stack:
-        stack.wakeup_redis_url = private_redis.url
+    with private_stack(fresh_pg_url, redis_url, tmp_path, wakeup_redis_url=private_redis.url) as stack:
         yield stack
 
 
