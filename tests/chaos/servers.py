@@ -31,6 +31,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _stopped(proc: subprocess.Popen[bytes] | None) -> Iterator[None]:
+    """SIGSTOP a server's process group (it runs in a session of its own) for the block, then SIGCONT it."""
+    assert proc is not None and proc.poll() is None
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
 class PrivateRedis:
     """A ``redis-server`` subprocess without persistence: a restart loses every key."""
 
@@ -86,15 +97,9 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
-    @contextlib.contextmanager
-    def hung(self) -> Iterator[None]:
+    def hung(self) -> contextlib.AbstractContextManager[None]:
         """SIGSTOP the server for the block: connections stay open and every command waits unanswered."""
-        assert self.proc is not None and self.proc.poll() is None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.kill(self.proc.pid, signal.SIGCONT)
+        return _stopped(self.proc)
 
     def sizes(self) -> dict[str, int]:
         """Every key with its size (members of a list, set, sorted set or hash; 1 for a string)."""
@@ -173,15 +178,9 @@ class PrivateRabbitMQ:
         except Exception:
             return False
 
-    @contextlib.contextmanager
-    def hung(self) -> Iterator[None]:
+    def hung(self) -> contextlib.AbstractContextManager[None]:
         """SIGSTOP every process of the node for the block (connections stay open, nothing is answered)."""
-        assert self.proc is not None and self.proc.poll() is None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.killpg(self.proc.pid, signal.SIGCONT)
+        return _stopped(self.proc)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
