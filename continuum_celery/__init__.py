@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime
+from .activity_context import ActivityInfo, activity_info, heartbeat
 from .context import WorkflowContext
 from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, activity, workflow
 from .errors import (
+    ActivityCancelled,
     ActivityFailed,
     ChildCancelled,
     ChildFailed,
+    ChildTimeout,
     ConfigurationError,
     ContinuumError,
     DefinitionError,
@@ -33,6 +36,7 @@ from .errors import (
     UnknownWorkflow,
     WorkflowError,
     WorkflowFailed,
+    WorkflowTimeout,
 )
 from .futures import ActivityFuture, ChildHandle
 from .installer import Continuum
@@ -48,6 +52,11 @@ __all__ = [
     "WorkflowContext",
     "ActivityFuture",
     "ChildHandle",
+    # inside an activity
+    "activity_info",
+    "heartbeat",
+    "ActivityInfo",
+    "ActivityCancelled",
     # running them
     "Continuum",
     "RunHandle",
@@ -59,7 +68,9 @@ __all__ = [
     "SignalTimeout",
     "ChildFailed",
     "ChildCancelled",
+    "ChildTimeout",
     "RunCancelled",
+    "WorkflowTimeout",
     # errors raised to callers and operators
     "ContinuumError",
     "ConfigurationError",

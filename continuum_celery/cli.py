@@ -186,13 +186,18 @@ def doctor(ctx: click.Context, run_ids: tuple[str, ...], limit: int, ping_timeou
     """Explain why each unfinished run (or each RUN_ID given) is not progressing.
 
     Exits 1 when a run needs attention: stuck on an unknown version or nondeterminism,
-    or held by a worker that is not alive.
+    held by a worker that is not alive, an attempt past its deadline or heartbeat timeout,
+    or waiting on a version or a queue no live worker has.
     """
-    from .doctor import WorkerProbe, diagnose_open_runs, diagnose_runs
+    from .doctor import diagnose_open_runs, diagnose_runs
+    from .routing import base_queue
+    from .worker_probe import QueueNames, WorkerProbe
 
     op = operator(ctx)
     journal = op.reader
-    probe = WorkerProbe(op.broker_engine.app, timeout=ping_timeout)
+    engine = op.broker_engine
+    queues = QueueNames(base_queue(engine.app, engine.settings.queue), engine.settings.version_routing)
+    probe = WorkerProbe(engine.app, timeout=ping_timeout, queues=queues)
     found = (
         diagnose_runs(journal, probe, [validate_run_id(r) for r in run_ids])
         if run_ids

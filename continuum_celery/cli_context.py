@@ -202,7 +202,7 @@ class Operator:
 
         The journal already holds the change, so an unreachable broker delays it, never loses it.
         """
-        from .doctor import broker_error
+        from .worker_probe import broker_error
 
         pending = list(dispatches)
         if not pending:

@@ -45,6 +45,14 @@ def ago(at: datetime | None, now: datetime) -> str:
     return "-" if at is None else span(max(0.0, (now - at).total_seconds()))
 
 
+def heartbeat_text(heartbeat_at: datetime | None, details: Any, now: datetime) -> str:
+    """``, last heartbeat 3s ago: {"rows": 1200}``, or nothing when the attempt never sent one."""
+    if heartbeat_at is None:
+        return ""
+    shown = f": {compact(details, 60)}" if details is not None else ""
+    return f", last heartbeat {ago(heartbeat_at, now)} ago{shown}"
+
+
 def parse_age(text: str) -> timedelta:
     """Read ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` or combinations like ``1h30m``.
 

@@ -9,7 +9,19 @@ from typing import Any
 import click
 
 from .cli_context import ContinuumGroup, operator
-from .cli_format import MAX_SQL_INT, ago, compact, cutoff, echo_json, jsonable, sql_count, stamp, table, when
+from .cli_format import (
+    MAX_SQL_INT,
+    ago,
+    compact,
+    cutoff,
+    echo_json,
+    heartbeat_text,
+    jsonable,
+    sql_count,
+    stamp,
+    table,
+    when,
+)
 from .events import Kind
 from .inspection import RunDetail, TimelineEntry, run_detail
 from .journal.base import RunRecord
@@ -66,6 +78,7 @@ DESCRIPTIONS: dict[Kind, _Describe] = {
     Kind.SIDE_EFFECT: lambda e, p: f"{e.name}() = {compact(p.get('value'), 60)}",
     Kind.PATCH_MARKER: lambda e, p: f"patch {e.name!r} applied",
     Kind.CANCEL_REQUESTED: lambda e, p: "cancel requested",
+    Kind.RUN_TIMED_OUT: lambda e, p: f"workflow timeout reached (deadline {p.get('deadline')})",
     Kind.RUN_COMPLETED: lambda e, p: f"completed: {compact(p.get('result'), 70)}",
     Kind.RUN_FAILED: lambda e, p: f"failed: {_error_text(p.get('error'))}",
     Kind.RUN_CANCELLED: lambda e, p: "cancelled",
@@ -196,6 +209,12 @@ def _show_human(detail: RunDetail) -> None:
     click.echo("lineage")
     for line in _lineage_lines(detail):
         click.echo(line)
+    if detail.attempts:
+        click.echo("attempts")
+        for a in detail.attempts:
+            where = f" on {a.owner}, times out {when(a.deadline, now)}" if a.state == "running" else ""
+            head = f"  {_short(a.activity)} attempt {a.attempt} of {a.max_attempts} {a.state}{where}"
+            click.echo(head + heartbeat_text(a.heartbeat_at, a.last_heartbeat, now))
     first = detail.timeline[0].at if detail.timeline else run.created_at
     click.echo(f"history ({run.last_seq} events)")
     for e in detail.timeline:
@@ -216,6 +235,7 @@ def show_run(ctx: click.Context, run_id: str, last: int | None, as_json: bool) -
             {
                 "run": _record_json(detail.run),
                 "lineage": jsonable(detail.lineage),
+                "attempts": jsonable(detail.attempts),
                 "history": [{**jsonable(e), "text": describe_event(e)} for e in detail.timeline],
             }
         )

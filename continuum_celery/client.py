@@ -63,6 +63,7 @@ class Client:
                 version=defn.version,
                 input=roundtrip(input),
                 trace_context=tracing.new_trace_context(),
+                timeout=getattr(defn, "timeout", None),
             )
             _, created = self._engine.journal.create_run(new)
         if created:

@@ -20,6 +20,8 @@ DEFAULT_DATABASE_URL = "sqlite:///continuum.sqlite3"
 DEFAULT_LEASE_TTL = 30.0
 #: Seconds between beat sweeps.
 DEFAULT_SWEEP_INTERVAL = 5.0
+#: Seconds between the sweeps every worker runs itself, so no run waits on beat to recover (jittered).
+DEFAULT_WORKER_SWEEP_INTERVAL = 5.0
 #: Runs (or activity tasks) one sweep re-dispatches at most, per kind.
 DEFAULT_SWEEP_BATCH = 500
 #: A runnable run or scheduled activity with no claim after this many seconds is dispatched again.
@@ -50,6 +52,7 @@ _ENV = {
     "redis_url": "CONTINUUM_REDIS_URL",
     "lease_ttl": "CONTINUUM_LEASE_TTL",
     "sweep_interval": "CONTINUUM_SWEEP_INTERVAL",
+    "worker_sweep_interval": "CONTINUUM_WORKER_SWEEP_INTERVAL",
     "redispatch_after": "CONTINUUM_REDISPATCH_AFTER",
     "snapshot_every": "CONTINUUM_SNAPSHOT_EVERY",
     "queue": "CONTINUUM_QUEUE",
@@ -79,6 +82,8 @@ class Settings:
         queue: Celery queue of replay, start and sweep tasks, and the default activity queue.
         lease_ttl: seconds a run lease lasts; renewed at a third of it while a step runs.
         sweep_interval: seconds between beat sweeps.
+        worker_sweep_interval: seconds between the sweeps each worker runs in its main process
+            (jittered; ``0`` turns them off and leaves recovery to beat).
         sweep_batch: most rows re-dispatched per sweep, per kind.
         redispatch_after: seconds before a runnable but unclaimed row is dispatched again.
         snapshot_every: events between replay-log snapshots.
@@ -112,6 +117,7 @@ class Settings:
     queue: str | None = DEFAULT_QUEUE
     lease_ttl: float = DEFAULT_LEASE_TTL
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    worker_sweep_interval: float = DEFAULT_WORKER_SWEEP_INTERVAL
     sweep_batch: int = DEFAULT_SWEEP_BATCH
     redispatch_after: float = DEFAULT_REDISPATCH_AFTER
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
@@ -145,6 +151,10 @@ class Settings:
         for knob in ("redis_timeout", "redis_cooldown", "publish_timeout"):
             if not getattr(self, knob) > 0:
                 raise ConfigurationError(f"{knob}={getattr(self, knob)}: use a positive number of seconds.")
+        if self.worker_sweep_interval < 0:
+            raise ConfigurationError(
+                f"worker_sweep_interval={self.worker_sweep_interval}: use a positive number of seconds, or 0 for none."
+            )
         if self.snapshot_every < 10:
             raise ConfigurationError(f"snapshot_every={self.snapshot_every}: use 10 or more.")
 

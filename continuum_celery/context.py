@@ -122,6 +122,9 @@ class WorkflowContext:
             "timeout": seconds or (defn.timeout if defn else None),
             "idempotency_key": idempotency_key,
         }
+        if defn is not None:  # only the limits set: older histories stay as they were
+            limits = {"heartbeat_timeout": defn.heartbeat_timeout, "schedule_to_close": defn.schedule_to_close}
+            payload.update({k: v for k, v in limits.items() if v})
         cid, _ = self._execution.command(Kind.ACTIVITY_SCHEDULED, name, payload)
         if defn is not None and defn.compensation is not None:
             undo_retry = defn.compensation_retry.to_json() if defn.compensation_retry else payload["retry"]

@@ -81,12 +81,16 @@ class ActivityDefinition(Generic[P, R]):
         retry: RetryPolicy,
         queue: str | None,
         timeout: float | None,
+        heartbeat_timeout: float | None = None,
+        schedule_to_close: float | None = None,
     ) -> None:
         self.fn = fn
+        self.schedule_to_close = schedule_to_close
         self.name = name
         self.retry = retry
         self.queue = queue
         self.timeout = timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self.compensation: Callable[..., Any] | None = None
         self.compensation_retry: RetryPolicy | None = None
         self.__doc__ = fn.__doc__
@@ -146,6 +150,13 @@ def get_activity(name: str) -> ActivityDefinition[Any, Any] | None:
     return _activities.get(name)
 
 
+def _positive_seconds(option: str, value: float | timedelta | None, decorator: str = "@activity") -> float | None:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+        raise DefinitionError(f"{decorator}({option}={value!r}): use a positive number of seconds.")
+    return float(seconds) if seconds is not None else None
+
+
 @overload
 def activity(fn: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
 @overload
@@ -155,6 +166,8 @@ def activity(
     retry: RetryPolicy | None = None,
     queue: str | None = None,
     timeout: float | timedelta | None = None,
+    heartbeat_timeout: float | timedelta | None = None,
+    schedule_to_close: float | timedelta | None = None,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 
 
@@ -166,6 +179,8 @@ def activity(
     retry: RetryPolicy | None = None,
     queue: str | None = None,
     timeout: float | timedelta | None = None,
+    heartbeat_timeout: float | timedelta | None = None,
+    schedule_to_close: float | timedelta | None = None,
 ) -> Any:
     """Declare an activity: a side-effecting step run as a Celery task, retried durably.
 
@@ -174,6 +189,10 @@ def activity(
         retry: the retry policy (default 3 attempts, 1 s doubling).
         queue: Celery queue of its tasks (default the engine's queue).
         timeout: start-to-close seconds per attempt; a longer attempt counts as failed.
+        heartbeat_timeout: most seconds an attempt may go without calling ``heartbeat()``;
+            one that does fails (``ActivityTimeout``) and is retried by its policy.
+        schedule_to_close: most seconds all attempts together may take, from the schedule;
+            no retry starts past it, and the activity then fails with ``ActivityTimeout``.
 
     Raises:
         DefinitionError: the name is taken by another function, or the options are invalid.
@@ -182,10 +201,10 @@ def activity(
     def decorate(f: Callable[..., Any]) -> ActivityDefinition[Any, Any]:
         if not callable(f) or inspect.iscoroutinefunction(f):
             raise DefinitionError(f"@activity needs a plain (non-async) function, got {f!r}.")
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        if seconds is not None and seconds <= 0:
-            raise DefinitionError(f"@activity(timeout={timeout!r}): use a positive number of seconds.")
-        defn = ActivityDefinition(f, name or _qualified_name(f), retry or DEFAULT_RETRY, queue, seconds)
+        seconds = _positive_seconds("timeout", timeout)
+        beat = _positive_seconds("heartbeat_timeout", heartbeat_timeout)
+        close = _positive_seconds("schedule_to_close", schedule_to_close)
+        defn = ActivityDefinition(f, name or _qualified_name(f), retry or DEFAULT_RETRY, queue, seconds, beat, close)
         _register_activity(defn)
         return defn
 
@@ -202,11 +221,13 @@ class WorkflowDefinition(Generic[R]):
         version: int,
         saga: bool,
         compatible_with: tuple[str, ...] = (),
+        timeout: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
         self.saga = saga
+        self.timeout = timeout
         self.version_hash = compute_version_hash(fn, version)
         self.compatible_with = compatible_with
         self.__doc__ = fn.__doc__
@@ -267,6 +288,7 @@ def workflow(
     version: int = 1,
     saga: bool = False,
     compatible_with: Sequence[str] = (),
+    timeout: float | timedelta | None = None,
 ) -> Callable[[Callable[[Any, Any], R]], WorkflowDefinition[R]]: ...
 
 
@@ -278,6 +300,7 @@ def workflow(
     version: int = 1,
     saga: bool = False,
     compatible_with: Sequence[str] = (),
+    timeout: float | timedelta | None = None,
 ) -> Any:
     """Declare a durable workflow: a function of ``(ctx, input)`` replayed from its journal.
 
@@ -308,6 +331,10 @@ def workflow(
         compatible_with: version hashes of earlier bodies whose runs this body can
             replay (an in-place edit guarded by ``ctx.patched``). An exact match wins:
             a loaded body with that very hash still serves its own runs.
+        timeout: most seconds a run may take from its start (workflow execution timeout);
+            then ``WorkflowTimeout`` is raised at the body's next blocking call and, unless
+            the body handles it, the run fails (a saga compensates first). Not carried to
+            child runs or across ``continue_as_new``.
 
     Raises:
         DefinitionError: not a function of (ctx, input), a clashing name/version, a
@@ -320,7 +347,8 @@ def workflow(
             raise DefinitionError(f"@workflow(version={version!r}): use a positive integer.")
         name = workflow or _qualified_name(f)
         compatible = check_compatible_with(compatible_with, f"@workflow {name}")
-        defn = WorkflowDefinition(f, name, version, saga, compatible)
+        seconds = _positive_seconds("timeout", timeout, "@workflow")
+        defn = WorkflowDefinition(f, name, version, saga, compatible, seconds)
         workflow_registry.register(defn)
         return defn
 

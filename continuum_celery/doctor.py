@@ -1,9 +1,9 @@
 """``continuum doctor``: why each unfinished run is not progressing.
 
 Every reason is derived from the journal's rows (runs, timers, activity tasks,
-signals, workflow versions). Whether a lease holder is alive comes from Celery:
-one ``inspect ping`` (and ``stats`` for the nodes that answer, to check the
-process id). With no reachable broker, liveness is reported as unknown.
+signals, workflow versions) and from what the live workers say about themselves
+(:mod:`.worker_probe`): whether a lease holder is alive, which versions and
+queues they serve. With no reachable broker, liveness is reported as unknown.
 """
 
 from __future__ import annotations
@@ -14,19 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kombu.utils.url import maybe_sanitize_url
-
-from .cli_format import jsonable, when
-from .inspection import PendingWork, open_run_ids, pending_work
+from .cli_format import heartbeat_text, jsonable, when
+from .inspection import PendingWork, attempt_view, open_run_ids, pending_work
 from .journal.sql import SQLJournal
 from .serialization import loads
+from .worker_probe import ALIVE, DEAD, UNKNOWN, QueueNames, WorkerProbe
 
 log = logging.getLogger(__name__)
-
-#: Seconds ``inspect ping`` waits for workers to answer.
-PING_TIMEOUT = 1.0
-
-ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 
 
 @dataclass(frozen=True)
@@ -70,72 +64,6 @@ class Diagnosis:
             "attention": self.attention,
             "reasons": [jsonable(r) for r in self.reasons],
         }
-
-
-def broker_error(app: Any, timeout: float = 2.0) -> str | None:
-    """Why ``app``'s broker cannot be reached now, or None when it can (one quick attempt, no retries)."""
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=0, timeout=timeout)
-    except Exception as exc:
-        return f"cannot reach the broker {maybe_sanitize_url(app.conf.broker_url or 'amqp://')}: {exc}"
-    return None
-
-
-class WorkerProbe:
-    """Answers "is the process holding this lease alive?" with one ping per doctor run.
-
-    Args:
-        app: the Celery app whose broker reaches the workers; None means liveness is unknown.
-        timeout: seconds to wait for replies.
-    """
-
-    def __init__(self, app: Any | None, timeout: float = PING_TIMEOUT) -> None:
-        self._app: Any = app
-        self._timeout = timeout
-        self._nodes: dict[str, set[int]] | None = None
-        self.error: str | None = None if app is not None else "no Celery app to ask"
-
-    def _load(self) -> dict[str, set[int]] | None:
-        if self._nodes is None and self.error is None:
-            self.error = broker_error(self._app)
-            if self.error is not None:
-                return None
-            try:
-                inspect = self._app.control.inspect(timeout=self._timeout)
-                replies = inspect.ping() or {}
-                stats = (
-                    self._app.control.inspect(destination=list(replies), timeout=self._timeout).stats() or {}
-                    if replies
-                    else {}
-                )
-            except Exception as exc:  # an unreachable broker: say so, do not guess
-                self.error = f"cannot ask the workers: {type(exc).__name__}: {exc}"
-                return None
-            self._nodes = {node: _pids(stats.get(node)) for node in replies}
-        return self._nodes
-
-    def status(self, owner: str | None) -> str:
-        """``alive``, ``dead`` or ``unknown`` for a lease owner ``node:pid``."""
-        if not owner:
-            return UNKNOWN
-        nodes = self._load()
-        if nodes is None:
-            return UNKNOWN
-        node, _, pid = owner.rpartition(":")
-        if node not in nodes:
-            return DEAD
-        pids = nodes[node]
-        return ALIVE if not pids or not pid.isdigit() or int(pid) in pids else DEAD
-
-
-def _pids(stats: Any) -> set[int]:
-    """The main and pool process ids a worker reports in ``inspect stats``."""
-    if not isinstance(stats, dict):
-        return set()
-    pids = {stats["pid"]} if isinstance(stats.get("pid"), int) else set()
-    processes = (stats.get("pool") or {}).get("processes") or []
-    return pids | {p for p in processes if isinstance(p, int)}
 
 
 def _holder(owner: str | None, probe: WorkerProbe) -> tuple[str, str]:
@@ -188,8 +116,13 @@ def diagnose(work: PendingWork, probe: WorkerProbe) -> Diagnosis:
         reasons.append(
             Reason("cancel", f"cancel requested {when(row.cancel_requested_at, now)}; the next step applies it.")
         )
+    if run.state != "running" and run.stuck_reason != "unknown_version":
+        reasons += _serving_reasons(work, probe)
     reasons += [_timer_reason(t, work.inbox, now) for t in work.timers]
     reasons += [_task_reason(t, now, probe) for t in work.tasks]
+    for task in work.tasks:
+        if task.state == "scheduled" and not _waits_out(task, now):
+            reasons += _queue_reasons(task, probe)
     reasons += [_child_reason(c) for c in work.children]
     if not reasons:
         reasons.append(
@@ -200,6 +133,62 @@ def diagnose(work: PendingWork, probe: WorkerProbe) -> Diagnosis:
             )
         )
     return Diagnosis(run.id, run.workflow, run.state, reasons)
+
+
+def _serving_reasons(work: PendingWork, probe: WorkerProbe) -> list[Reason]:
+    """Whether a live worker has the run's version and consumes the queue its replays go to."""
+    run, live = work.run, probe.live_nodes()
+    if live is None:
+        return []
+    if not live.intersection(work.version_hosts):
+        hosts = ", ".join(work.version_hosts) or "none recorded"
+        who = "no worker answered the ping, so none" if not live else "no live worker"
+        return [
+            Reason(
+                "version",
+                f"{who} has {run.workflow} version {run.version} (hash {run.version_hash}); workers "
+                f"that loaded it: {hosts}. Start a worker with that code; the run resumes on it.",
+                attention=True,
+                details={"version_hash": run.version_hash, "hosts": work.version_hosts},
+            )
+        ]
+    if probe.queues is None:
+        return []
+    queue = probe.queues.replay(run.version_hash)
+    if probe.consumed(queue) is not False:
+        return []
+    return [
+        Reason(
+            "queue",
+            f"no live worker consumes {queue}, the queue of this run's replays: start a worker on the "
+            "continuum queue (`celery -A app worker -Q <continuum_queue>`, the app's default queue if unset), "
+            "with this version loaded.",
+            attention=True,
+            details={"queue": queue},
+        )
+    ]
+
+
+def _waits_out(task: Any, now: datetime) -> bool:
+    return task.retry_at is not None and task.retry_at > now
+
+
+def _queue_reasons(task: Any, probe: WorkerProbe) -> list[Reason]:
+    """A scheduled attempt waiting on a queue no live worker consumes (none when it is consumed or unknown)."""
+    if probe.queues is None:
+        return []
+    queue = probe.queues.activity(task.queue)
+    if probe.consumed(queue) is not False:
+        return []
+    return [
+        Reason(
+            "queue",
+            f"no live worker consumes queue {queue!r}, where {task.name} attempt {task.attempt} waits: start one "
+            f"with `celery -A app worker -Q {queue}` (or add it to a worker's -Q).",
+            attention=True,
+            details={"queue": queue, "task_id": task.id},
+        )
+    ]
 
 
 def _lease_reason(owner: str | None, expires: datetime | None, now: datetime, probe: WorkerProbe) -> Reason:
@@ -223,6 +212,12 @@ def _lease_reason(owner: str | None, expires: datetime | None, now: datetime, pr
 
 
 def _timer_reason(timer: Any, inbox: list[str], now: datetime) -> Reason:
+    if timer.kind == "deadline":
+        return Reason(
+            "deadline",
+            f"times out {when(timer.fire_at, now)} (@workflow(timeout=...)); then its body gets WorkflowTimeout.",
+            details={"deadline": timer.fire_at},
+        )
     if timer.kind == "signal":
         details = {"signal": timer.name, "timeout_at": timer.fire_at, "command_id": timer.command_id}
         if timer.name in inbox:
@@ -253,15 +248,7 @@ def _task_reason(task: Any, now: datetime, probe: WorkerProbe) -> Reason:
     if task.state in ("completed", "failed"):
         return Reason("activity", f"{head} {task.state}; the next step records it.", details=details)
     if task.state == "running":
-        status, holder = _holder(task.owner, probe)
-        expired = task.lease_expires_at is not None and task.lease_expires_at < now
-        tail = (
-            f"its time ran out {when(task.lease_expires_at, now)}; the next sweep fails this attempt"
-            if expired
-            else f"times out {when(task.lease_expires_at, now)}"
-        )
-        details.update(owner=task.owner, owner_status=status, expires_at=task.lease_expires_at)
-        return Reason("activity", f"{head}: running on {holder}; {tail}.", attention=status == DEAD, details=details)
+        return _running_reason(task, head, details, now, probe)
     error = loads(task.error) if task.error else None
     if task.retry_at is not None and task.retry_at > now:
         why = f" after {error.get('type')}: {error.get('message')}" if isinstance(error, dict) else ""
@@ -276,6 +263,43 @@ def _task_reason(task: Any, now: datetime, probe: WorkerProbe) -> Reason:
     return Reason(
         "activity",
         f"{head}: queued on {queue} (dispatched {when(task.dispatched_at, now)}), waiting for a worker.",
+        details=details,
+    )
+
+
+def _running_reason(task: Any, head: str, details: dict[str, Any], now: datetime, probe: WorkerProbe) -> Reason:
+    """A running attempt: where, until when, its last heartbeat, and whether it overran a limit."""
+    view = attempt_view(task)
+    status, holder = _holder(task.owner, probe)
+    details.update(
+        owner=task.owner,
+        owner_status=status,
+        expires_at=task.lease_expires_at,
+        deadline=view.deadline,
+        heartbeat_timeout=view.heartbeat_timeout,
+        heartbeat_at=view.heartbeat_at,
+        last_heartbeat=view.last_heartbeat,
+    )
+    beat = heartbeat_text(view.heartbeat_at, view.last_heartbeat, now)
+    if view.deadline is not None and view.deadline < now:
+        overrun = f"past its deadline since {when(view.deadline, now)} (timeout {task.timeout:g} s)"
+    elif view.heartbeat_due is not None and view.heartbeat_due < now:
+        overrun = f"no heartbeat within its heartbeat_timeout of {task.heartbeat_timeout:g} s"
+    elif task.lease_expires_at is not None and task.lease_expires_at < now:
+        overrun = f"its time ran out {when(task.lease_expires_at, now)}"
+    else:
+        return Reason(
+            "activity",
+            f"{head}: running on {holder}{beat}; times out {when(view.deadline or task.lease_expires_at, now)}.",
+            attention=status == DEAD,
+            details=details,
+        )
+    return Reason(
+        "activity",
+        f"{head}: running on {holder}{beat}, {overrun}. Its worker should have given it up and is gone or "
+        "stalled: keep a worker running (each one sweeps; `celery beat` also does), which fails the attempt "
+        "and retries it by its policy; if one is running, check its log for this task.",
+        attention=True,
         details=details,
     )
 
@@ -315,4 +339,4 @@ def diagnose_open_runs(journal: SQLJournal, probe: WorkerProbe, limit: int = 500
     return diagnose_runs(journal, probe, open_run_ids(journal, limit))
 
 
-__all__ = ["Diagnosis", "Reason", "WorkerProbe", "diagnose", "diagnose_open_runs", "diagnose_runs"]
+__all__ = ["Diagnosis", "QueueNames", "Reason", "WorkerProbe", "diagnose", "diagnose_open_runs", "diagnose_runs"]

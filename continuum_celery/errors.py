@@ -17,12 +17,15 @@
     │   └── LeaseLost                 the caller's fencing token is stale; nothing was written
     ├── NondeterminismError           the code no longer reproduces the run's history
     ├── WorkflowFailed                client side: the run ended failed / cancelled
+    ├── ActivityCancelled             raised inside an activity by heartbeat(): stop, the attempt is over
     └── WorkflowError                 raised inside a workflow body
         ├── ActivityFailed            an activity exhausted its retries
         ├── SignalTimeout             wait_signal(timeout=...) elapsed
         ├── ChildFailed               a child run failed
         ├── ChildCancelled            a child run was cancelled
-        └── RunCancelled              the run was asked to stop
+        ├── ChildTimeout              child.result(timeout=...) elapsed; the child goes on
+        ├── RunCancelled              the run was asked to stop
+        └── WorkflowTimeout           the run outlived @workflow(timeout=...)
 
 Every error keeps its structured fields as attributes and pickles by keyword
 arguments, so it survives a trip through Celery's result backend or a
@@ -128,6 +131,18 @@ class WorkflowFailed(ContinuumError):
     error: dict[str, Any]
 
 
+class ActivityCancelled(ContinuumError):
+    """Raised by ``heartbeat()`` inside an activity: its run was cancelled, or this attempt was abandoned.
+
+    ``reason`` is ``cancelled`` (the run was asked to stop) or ``abandoned`` (the attempt timed out,
+    missed its heartbeat timeout, or its run ended); whatever the attempt returns now is not recorded.
+    """
+
+    activity: str
+    attempt: int
+    reason: str
+
+
 class WorkflowError(ContinuumError):
     """Base of errors raised inside a workflow body; a workflow may catch them."""
 
@@ -156,14 +171,33 @@ class ChildCancelled(WorkflowError):
     """A child workflow run ended ``cancelled``."""
 
 
+class ChildTimeout(WorkflowError):
+    """``child.result(timeout=...)`` elapsed before the child run ended; the child keeps running."""
+
+    run_id: str
+    workflow: str
+
+
 class RunCancelled(WorkflowError):
     """The run was cancelled; raised at the workflow's next blocking call."""
 
 
+class WorkflowTimeout(WorkflowError):
+    """The run is older than its ``@workflow(timeout=...)``; raised at the body's next blocking call.
+
+    Letting it escape fails the run (a saga compensates first); ``deadline`` is an ISO time.
+    """
+
+    run_id: str
+    deadline: str
+
+
 __all__ = [
+    "ActivityCancelled",
     "ActivityFailed",
     "ChildCancelled",
     "ChildFailed",
+    "ChildTimeout",
     "ConfigurationError",
     "ContinuumError",
     "DefinitionError",
@@ -182,4 +216,5 @@ __all__ = [
     "UnknownWorkflow",
     "WorkflowError",
     "WorkflowFailed",
+    "WorkflowTimeout",
 ]

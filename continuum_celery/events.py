@@ -31,6 +31,7 @@ class Kind(str, Enum):
     COMPENSATION_COMPLETED = "compensation_completed"
     COMPENSATION_FAILED = "compensation_failed"
     CANCEL_REQUESTED = "cancel_requested"
+    RUN_TIMED_OUT = "run_timed_out"
     # commands: the code's own decisions
     ACTIVITY_SCHEDULED = "activity_scheduled"
     TIMER_SCHEDULED = "timer_scheduled"
@@ -62,6 +63,7 @@ OUTCOMES = frozenset(
         Kind.COMPENSATION_COMPLETED,
         Kind.COMPENSATION_FAILED,
         Kind.CANCEL_REQUESTED,
+        Kind.RUN_TIMED_OUT,
     }
 )
 COMMANDS = frozenset(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +18,7 @@ from .dispatch import Dispatcher
 from .errors import PayloadError
 from .journal.base import ActivityClaim, Journal
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, encode_error, loads
+from .supervisor import AttemptResult, log_dropped, supervise
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,6 @@ def _retryable(exc: BaseException, policy: dict[str, Any]) -> bool:
     return not names.intersection(policy.get("non_retryable", []))
 
 
-@dataclass(frozen=True)
-class AttemptResult:
-    """What running an attempt's function produced (nothing is recorded yet)."""
-
-    result: Any
-    error: dict[str, Any] | None
-    retryable: bool
-    duration: float
-
-
 def run_attempt(
     journal: Journal,
     dispatcher: Dispatcher,
@@ -63,11 +53,18 @@ def run_attempt(
     if claim is None:
         return "dropped"
     with activity_span(claim):
-        attempt_result = execute(claim, owner, celery_tasks, max_payload_bytes)
-        outcome = journal.finish_activity(
-            claim, result=attempt_result.result, error=attempt_result.error, retryable=attempt_result.retryable
-        )
-        report(claim, outcome.status, attempt_result, outcome.dispatches[0].due if outcome.dispatches else None)
+        verdict = supervise(journal, claim, lambda: execute(claim, owner, celery_tasks, max_payload_bytes), owner=owner)
+        if verdict.attempt is None:
+            return "stale"
+        return record_attempt(journal, dispatcher, claim, verdict.attempt)
+
+
+def record_attempt(journal: Journal, dispatcher: Dispatcher, claim: ActivityClaim, attempt: AttemptResult) -> str:
+    """Record an attempt's end, report it and send what it caused; return the journal's status."""
+    outcome = journal.finish_activity(claim, result=attempt.result, error=attempt.error, retryable=attempt.retryable)
+    report(claim, outcome.status, attempt, outcome.dispatches[0].due if outcome.dispatches else None)
+    if outcome.status == "stale":
+        log_dropped(claim)
     dispatcher.send(outcome.dispatches)
     return outcome.status
 

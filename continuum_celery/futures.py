@@ -7,9 +7,10 @@ into the body's value, or into the exception the body sees.
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from typing import Any
 
-from .errors import ActivityFailed, ChildCancelled, ChildFailed, InvalidArgument, SignalTimeout
+from .errors import ActivityFailed, ChildCancelled, ChildFailed, ChildTimeout, InvalidArgument, SignalTimeout
 from .events import Event, Kind
 from .replay import Execution
 
@@ -48,6 +49,33 @@ class ChildHandle(Future):
     def __init__(self, execution: Execution, command_id: int, what: str, run_id: str) -> None:
         super().__init__(execution, command_id, what)
         self.id = run_id
+
+    def result(self, timeout: float | timedelta | None = None) -> Any:
+        """Wait for the child's end and return its result.
+
+        With ``timeout`` (seconds, journaled as a timer) raise ``ChildTimeout`` if the child has
+        not ended by then; the child keeps running, and a later ``result()`` still gets its end.
+
+        Raises:
+            ChildFailed / ChildCancelled: the child ended so. ChildTimeout: ``timeout`` elapsed first.
+        """
+        if timeout is None:
+            return super().result()
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        if seconds < 0:
+            raise InvalidArgument(f"child.result(timeout={timeout!r}): the timeout must not be negative.")
+        execution = self._execution
+        assert execution.now is not None
+        fire_at = (execution.now + timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat()
+        timer = Future(execution, execution.command(Kind.TIMER_SCHEDULED, None, {"fire_at": fire_at})[0], "a timer")
+        execution.wait(lambda: self.done() or timer.done(), self._what)
+        if not self.done():
+            raise ChildTimeout(
+                f"child run {self.id} ({self._what}) did not end within {seconds:g} s; it keeps running",
+                run_id=self.id,
+                workflow=self._what.removeprefix("child "),
+            )
+        return super().result()
 
 
 def outcome_value(event: Event) -> Any:

@@ -7,7 +7,7 @@ this module writes; every query runs in one short read transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,12 +55,60 @@ class Lineage:
 
 
 @dataclass(frozen=True)
+class AttemptView:
+    """An activity task's current attempt, as far as its liveness goes.
+
+    ``deadline`` is when the attempt times out (start-to-close), ``heartbeat_due`` when it
+    fails for want of a heartbeat (None: no ``heartbeat_timeout``, or not running).
+    """
+
+    task_id: str
+    activity: str
+    kind: str
+    state: str
+    attempt: int
+    max_attempts: int
+    owner: str | None
+    started_at: datetime | None
+    deadline: datetime | None
+    heartbeat_timeout: float | None
+    heartbeat_at: datetime | None
+    heartbeat_due: datetime | None
+    last_heartbeat: Any
+
+
+def attempt_view(task: Any) -> AttemptView:
+    """The liveness view of an ``activity_tasks`` row."""
+    started = task.started_at if task.state == "running" else None
+    deadline = started + timedelta(seconds=task.timeout) if started is not None and task.timeout else None
+    beat_from = task.heartbeat_at if task.heartbeat_at and started and task.heartbeat_at >= started else started
+    beat_due = beat_from + timedelta(seconds=task.heartbeat_timeout) if beat_from and task.heartbeat_timeout else None
+    return AttemptView(
+        task_id=task.id,
+        activity=task.name,
+        kind=task.kind,
+        state=task.state,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+        owner=task.owner if task.state == "running" else None,
+        started_at=started,
+        deadline=deadline,
+        heartbeat_timeout=task.heartbeat_timeout,
+        heartbeat_at=task.heartbeat_at,
+        heartbeat_due=beat_due,
+        last_heartbeat=loads(task.heartbeat_details),
+    )
+
+
+@dataclass(frozen=True)
 class RunDetail:
     """Everything ``runs show`` prints."""
 
     run: RunRecord
     lineage: Lineage
     timeline: list[TimelineEntry]
+    #: Attempts running now, and any task whose attempts recorded a heartbeat.
+    attempts: list[AttemptView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -125,7 +173,15 @@ def run_detail(journal: SQLJournal, run_id: str, max_events: int | None = None) 
             TimelineEntry(e.seq, e.kind, e.command_id, e.name, loads(e.payload) or {}, e.created_at)
             for e in conn.execute(query)
         ]
-    return RunDetail(run_record(row), lineage, timeline)
+        attempts = conn.execute(
+            sa.select(activity_tasks)
+            .where(
+                activity_tasks.c.run_id == run_id,
+                sa.or_(activity_tasks.c.state == "running", activity_tasks.c.heartbeat_at.is_not(None)),
+            )
+            .order_by(activity_tasks.c.command_id)
+        ).all()
+    return RunDetail(run_record(row), lineage, timeline, [attempt_view(t) for t in attempts])
 
 
 def open_run_ids(journal: SQLJournal, limit: int) -> list[str]:
@@ -201,11 +257,13 @@ def pending_work(journal: SQLJournal, run_id: str) -> PendingWork:
 
 
 __all__ = [
+    "AttemptView",
     "Lineage",
     "PendingWork",
     "RunDetail",
     "RunLink",
     "TimelineEntry",
+    "attempt_view",
     "db_now",
     "open_run_ids",
     "pending_work",

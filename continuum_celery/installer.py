@@ -30,7 +30,14 @@ from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
 from .notify import LocalNotifier, Notifier, RedisNotifier
 from .redis_guard import guarded_redis
-from .routing import VersionHeartbeat, base_queue, consume_engine_queues, log_worker_plan, report_unknown_versions
+from .routing import (
+    Periodic,
+    VersionHeartbeat,
+    base_queue,
+    consume_engine_queues,
+    log_worker_plan,
+    report_unknown_versions,
+)
 from .stepper import Stepper
 from .tasks import emit_sweep, register_tasks, timed
 from .versioning import registry as workflow_registry
@@ -87,6 +94,7 @@ class Continuum(runtime.Runtime):
         self.client = Client(self)
         self._pump: WakeupPump | None = None
         self._heartbeat: VersionHeartbeat | None = None
+        self._worker_sweep: Periodic | None = None
         self._stepper: Stepper | None = None
         self._unwatch: Callable[[], None] | None = None
         self.metrics: PrometheusMetrics | None = None
@@ -231,6 +239,28 @@ class Continuum(runtime.Runtime):
             except Exception:  # the rows then expire after version_ttl
                 log.warning("continuum: could not retract this worker's versions", exc_info=True)
 
+    def start_worker_sweep(self) -> None:
+        """Sweep from this worker every ``worker_sweep_interval`` seconds (jittered; a daemon thread).
+
+        Every worker does, leaderless: a run orphaned by a dead worker resumes once any worker
+        is alive, beat or no beat. Concurrent sweeps split the due rows (``SKIP LOCKED``), and a
+        duplicate message finds its row claimed, so any number of workers and beats is safe.
+        """
+        if self._worker_sweep is None and self.settings.worker_sweep_interval > 0:
+            self._worker_sweep = Periodic(
+                self.sweep_once,
+                self.settings.worker_sweep_interval,
+                name="continuum-worker-sweep",
+                what="worker sweep",
+                jitter=0.5,
+            )
+            self._worker_sweep.start()
+
+    def stop_worker_sweep(self) -> None:
+        if self._worker_sweep is not None:
+            self._worker_sweep.stop()
+            self._worker_sweep = None
+
     def start_pump(self) -> None:
         """Start the wake-up pump thread of this process (timers and retries on time)."""
         if self._pump is None:
@@ -313,6 +343,7 @@ class Continuum(runtime.Runtime):
                 raise
             self.start_pump()
             self.start_heartbeat()
+            self.start_worker_sweep()
             if not _forks_children(getattr(sender, "pool", None)):
                 self.start_metrics()  # thread or green pools run tasks in this process
 
@@ -320,6 +351,7 @@ class Continuum(runtime.Runtime):
             self.stop_pump()
             self.stop_watch()
             if _app_of(sender) is self.app:
+                self.stop_worker_sweep()
                 self.stop_heartbeat(retract=True)
 
         signals.worker_process_init.connect(after_fork, weak=False)

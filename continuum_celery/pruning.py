@@ -161,7 +161,7 @@ def _broker(app: Celery) -> Iterator[_Queues]:
     Raises:
         ConfigurationError: the broker cannot be reached.
     """
-    from .doctor import broker_error
+    from .worker_probe import broker_error
 
     problem = broker_error(app)
     if problem is not None:

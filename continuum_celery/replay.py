@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import NondeterminismError, RunCancelled
+from .errors import NondeterminismError, RunCancelled, WorkflowTimeout
 from .events import TERMINAL_EVENTS, Event, InboxSignal, Kind, NewEvent, first_signal, received
 from .serialization import check_storable, encode_error
 
@@ -289,6 +289,17 @@ class Execution:
             self._handoff.pause()
 
     def _reveal(self, event: Event) -> None:
+        if event.kind is Kind.RUN_TIMED_OUT:
+            if not self._cancel_seen:  # a saga compensating, or a body already cancelled, finishes first
+                self._cancel_seen = True
+                deadline = event.payload.get("deadline")
+                raise WorkflowTimeout(
+                    f"run {self.run_id} did not finish by its deadline {deadline} "
+                    "(@workflow(timeout=...)); raise the timeout if the workflow needs longer",
+                    run_id=self.run_id,
+                    deadline=deadline,
+                )
+            return
         if event.kind is Kind.CANCEL_REQUESTED:
             if not self._cancel_seen:
                 self._cancel_seen = True

@@ -23,9 +23,10 @@ of workers that died without a clean shutdown.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import telemetry
 from .errors import ConfigurationError
@@ -105,23 +106,25 @@ def log_worker_plan(app: Celery, base: str, served: Iterable[tuple[str, int, str
         )
 
 
-class VersionHeartbeat(threading.Thread):
-    """A daemon thread that calls ``beat()`` every ``interval`` seconds until :meth:`stop`.
+class Periodic(threading.Thread):
+    """A daemon thread that calls ``job()`` about every ``interval`` seconds until :meth:`stop`.
 
-    ``beat`` upserts the worker's served versions (refreshing ``last_seen_at``
-    and un-parking runs that wait for them). A failing beat is logged and
-    retried at the next interval; the thread never dies of it.
+    With ``jitter`` each wait is drawn from ``interval * (1 ± jitter)``, so many workers
+    started together spread their calls. A failing call is logged (once until it
+    succeeds again) and retried at the next interval; the thread never dies of it.
 
     Raises:
         ConfigurationError: ``interval`` is not positive.
     """
 
-    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+    def __init__(self, job: Callable[[], Any], interval: float, *, name: str, what: str, jitter: float = 0.0) -> None:
         if interval <= 0:
-            raise ConfigurationError(f"version heartbeat interval {interval!r}: use a positive number of seconds.")
-        super().__init__(name="continuum-version-heartbeat", daemon=True)
-        self._beat = beat
+            raise ConfigurationError(f"{what} interval {interval!r}: use a positive number of seconds.")
+        super().__init__(name=name, daemon=True)
+        self._job = job
         self._interval = interval
+        self._jitter = jitter
+        self._what = what
         self._stopped = threading.Event()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -132,17 +135,25 @@ class VersionHeartbeat(threading.Thread):
 
     def run(self) -> None:
         failing = False
-        while not self._stopped.wait(self._interval):
+        while not self._stopped.wait(self._interval * random.uniform(1 - self._jitter, 1 + self._jitter)):
             try:
-                self._beat()
+                self._job()
             except Exception:
                 if not failing:
-                    log.warning("continuum: could not refresh this worker's versions; retrying", exc_info=True)
+                    log.warning("continuum: %s failed; retrying", self._what, exc_info=True)
                 failing = True
             else:
                 if failing:
-                    log.info("continuum: worker versions refreshed again")
+                    log.info("continuum: %s works again", self._what)
                 failing = False
+
+
+class VersionHeartbeat(Periodic):
+    """Calls ``beat()`` every ``interval`` seconds: upserts the worker's served versions
+    (refreshing ``last_seen_at`` and un-parking runs that wait for them)."""
+
+    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+        super().__init__(beat, interval, name="continuum-version-heartbeat", what="version heartbeat")
 
 
 #: (workflow, version hash) this process has warned about, until the version is served again.

@@ -20,12 +20,13 @@ from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
 from .events import Event, Kind, NewEvent
-from .executor import AttemptResult, activity_span, execute, report
+from .executor import AttemptResult, activity_span, execute, record_attempt, report
 from .journal.base import ActivityClaim, CompletedAttempt, Inline, Journal, StepResult, StepStart
 from .journal.rules import task_outcome
 from .leases import LeaseRenewer
 from .notify import Notifier
 from .replay import ContinueAsNew, Decision, Execution
+from .supervisor import Verdict, supervise
 from .versioning import Registry
 
 log = logging.getLogger(__name__)
@@ -213,10 +214,10 @@ class Stepper:
             if result.lease_kept and result.inline_claim is not None and cid is not None:
                 # The run is still ours: run the activity, then decide on its result in one transaction.
                 with activity_span(result.inline_claim):
-                    attempt = execute(result.inline_claim, self.owner, None, self.max_payload_bytes)
-                if attempt.error is not None:
-                    self._record(result.inline_claim, attempt)
-                    self.journal.release(start.lease)  # the next claim resolves the failure or waits out the retry
+                    verdict = self._supervise(result.inline_claim, watch_run=True)
+                attempt = verdict.attempt
+                if attempt is None or attempt.error is not None:
+                    self._give_back(start, result.inline_claim, verdict)
                     return "suspended", True, True
                 completed, completed_attempt = CompletedAttempt(result.inline_claim, cid, attempt.result), attempt
                 kind, payload = task_outcome("activity", "completed", attempt.result, None, result.inline_claim.attempt)
@@ -279,8 +280,35 @@ class Stepper:
     def _run_inline(self, claim: ActivityClaim) -> bool:
         """Run a claimed attempt here and record it; True when the run can step again at once."""
         with activity_span(claim):
-            attempt = execute(claim, self.owner, None, self.max_payload_bytes)
-            return self._record(claim, attempt)
+            verdict = self._supervise(claim)
+            return verdict.attempt is not None and self._record(claim, verdict.attempt)
+
+    def _supervise(self, claim: ActivityClaim, watch_run: bool = False) -> Verdict:
+        """Run an inline attempt exactly as ``continuum.activity`` would, watched (see :mod:`.supervisor`)."""
+        return supervise(
+            self.journal,
+            claim,
+            lambda: execute(claim, self.owner, None, self.max_payload_bytes),
+            owner=self.owner,
+            watch_run=watch_run,
+            record_late=lambda attempt: record_attempt(self.journal, self.dispatcher, claim, attempt),
+        )
+
+    def _give_back(self, start: StepStart, claim: ActivityClaim, verdict: Verdict) -> None:
+        """End a step whose inline attempt did not succeed: record what it came to, and release the run.
+
+        The next claim (this task's, at once) resolves the failure, waits out the retry, or, after
+        a cancel, lets the body see it while the detached attempt runs on.
+        """
+        if verdict.detached:
+            self.journal.detach_inline(claim)
+        elif verdict.attempt is not None:
+            self._record(claim, verdict.attempt)
+        try:
+            self.journal.release(start.lease)
+        except LeaseLost:
+            telemetry.emit("lease_lost", run_id=start.run.id, workflow=start.run.workflow, token=start.lease.token)
+            raise
 
     def _record(self, claim: ActivityClaim, attempt: AttemptResult) -> bool:
         """Record an attempt run in this task; True when that woke its (suspended) run for us to step."""

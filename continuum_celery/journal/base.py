@@ -72,6 +72,8 @@ class NewRun:
     correlation_id: str | None = None
     continued_from_run_id: str | None = None
     trace_context: dict[str, str] = field(default_factory=dict)
+    #: Workflow execution timeout in seconds: a ``deadline`` timer (command 0) then appends ``run_timed_out``.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,13 @@ class ActivityClaim:
     compensated_result: Any = None
     workflow: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
+    #: Most seconds between heartbeats (None: no heartbeat needed).
+    heartbeat_timeout: float | None = None
+    #: Details of the last heartbeat an earlier attempt recorded (None: none did).
+    last_heartbeat: Any = None
+    #: Seconds all attempts together may take (None: no limit), and what was left of it at the claim.
+    schedule_to_close: float | None = None
+    close_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,28 @@ class Journal(ABC):
         retryable: bool = True,
     ) -> ActivityOutcome:
         """Record an attempt's end; schedule a retry or wake the run."""
+
+    @abstractmethod
+    def heartbeat(self, task_id: str, attempt: int, details: Any = None, *, record: bool = True) -> str:
+        """Note that attempt ``attempt`` of ``task_id`` is alive and say whether it should go on.
+
+        With ``record`` the heartbeat is stored (its time, and ``details`` unless None) and the
+        attempt's lease moves to the earlier of its deadline and ``heartbeat_timeout`` from now;
+        without it nothing is written (a supervisor watching for a cancel).
+
+        Returns ``running``; ``cancelled`` when its run was asked to stop before the activity was
+        scheduled (cleanup scheduled after a cancel goes on), or the run's workflow timeout is due
+        and not yet seen by its body; ``abandoned`` when the attempt is
+        over (timed out, retried, its run ended): what it returns will not be recorded.
+        """
+
+    @abstractmethod
+    def detach_inline(self, claim: ActivityClaim) -> None:
+        """Let an inline attempt outlive the run lease it started under (its replay task gave the run up).
+
+        It then ends like a ``continuum.activity`` attempt: recorded by ``finish_activity``, or
+        failed by the sweep at its deadline; no claim of the run counts it as orphaned.
+        """
 
     # ---- outside input -----------------------------------------------------------------
     @abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..errors import LeaseLost, RunConflict
@@ -66,24 +66,117 @@ def cancelled_task_outcome(kind: str, attempt: int) -> tuple[Kind, dict[str, Any
     return event, {"error": error, "attempts": attempt - 1}
 
 
+def _activity_timeout(message: str) -> dict[str, Any]:
+    """An encoded ``ActivityTimeout`` (the body sees it as ``ActivityFailed.error``)."""
+    return {"type": "ActivityTimeout", "module": "continuum_celery.errors", "message": message}
+
+
 def attempt_timeout_error(attempt: int, timeout: float | None, owner: str | None) -> dict[str, Any]:
-    """The error recorded when the sweep finds an attempt past its start-to-close timeout."""
-    return {
-        "type": "ActivityTimeout",
-        "module": "continuum_celery.errors",
-        "message": f"attempt {attempt} did not finish within {timeout} s "
-        f"(the worker {owner} died or the activity overran its timeout)",
-    }
+    """The error recorded when an attempt overran its start-to-close timeout (or its worker died)."""
+    return _activity_timeout(
+        f"attempt {attempt} did not finish within its timeout of {timeout} s "
+        f"(on worker {owner}); raise the activity's timeout= if it needs longer"
+    )
+
+
+def heartbeat_timeout_error(attempt: int, heartbeat_timeout: float | None, owner: str | None) -> dict[str, Any]:
+    """The error recorded when an attempt sent no heartbeat for its ``heartbeat_timeout``."""
+    return _activity_timeout(
+        f"attempt {attempt} sent no heartbeat for {heartbeat_timeout} s (its heartbeat_timeout, "
+        f"on worker {owner}); call heartbeat() more often, or the worker died"
+    )
+
+
+def schedule_to_close_error(attempt: int, schedule_to_close: float, last: dict[str, Any] | None) -> dict[str, Any]:
+    """The error of a task whose attempts together ran out of its ``schedule_to_close``."""
+    cause = f"; last attempt: {last.get('type')}: {last.get('message')}" if last else ""
+    return _activity_timeout(
+        f"the activity did not complete within its schedule_to_close of {schedule_to_close:g} s "
+        f"({attempt} attempt(s){cause})"
+    )
+
+
+def close_in(created_at: datetime | None, schedule_to_close: float | None, now: datetime) -> float | None:
+    """Seconds left of a task's ``schedule_to_close`` (all attempts together); None when it has none."""
+    if not schedule_to_close or created_at is None:
+        return None
+    return (created_at + timedelta(seconds=schedule_to_close) - now).total_seconds()
+
+
+def may_retry_within(close: float | None, delay: float) -> bool:
+    """Whether a retry due in ``delay`` seconds still starts before the task's ``schedule_to_close``."""
+    return close is None or delay < close
+
+
+def expired_attempt_error(
+    attempt: int,
+    timeout: float | None,
+    heartbeat_timeout: float | None,
+    started_at: datetime | None,
+    owner: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The error of an attempt whose lease ran out: which of its two limits it missed."""
+    deadline = started_at + timedelta(seconds=timeout) if started_at is not None and timeout else None
+    if heartbeat_timeout and (deadline is None or deadline > now):
+        return heartbeat_timeout_error(attempt, heartbeat_timeout, owner)
+    return attempt_timeout_error(attempt, timeout, owner)
+
+
+def attempt_lease(timeout: float, heartbeat_timeout: float | None, close: float | None = None) -> float:
+    """Seconds from a claim until an attempt counts as lost: its timeout, heartbeat timeout or what is
+    left of its ``schedule_to_close`` (``close``), whichever is shortest."""
+    limits = [
+        timeout,
+        *([heartbeat_timeout] if heartbeat_timeout else []),
+        *([max(close, 0.0)] if close is not None else []),
+    ]
+    return min(limits)
+
+
+def heartbeat_lease(
+    started_at: datetime | None, timeout: float | None, heartbeat_timeout: float, now: datetime
+) -> float:
+    """Seconds a heartbeating attempt's lease lasts from ``now``: to its next heartbeat due, not past its deadline."""
+    if started_at is None or not timeout:
+        return heartbeat_timeout
+    left = (started_at + timedelta(seconds=timeout) - now).total_seconds()
+    return max(0.0, min(heartbeat_timeout, left))
+
+
+#: What ``Journal.heartbeat`` answers: the attempt goes on, its run was cancelled, or it is over.
+ATTEMPT_RUNNING, ATTEMPT_CANCELLED, ATTEMPT_ABANDONED = "running", "cancelled", "abandoned"
+
+
+def attempt_liveness(running: bool, may_go_on: bool) -> str:
+    """The answer to a heartbeat of an attempt (``running``: the row still runs this attempt;
+    ``may_go_on``: nothing overtook it, in the sense of ``_may_retry``: no cancel, run not ended)."""
+    if not running:
+        return ATTEMPT_ABANDONED
+    return ATTEMPT_RUNNING if may_go_on else ATTEMPT_CANCELLED
 
 
 def orphaned_attempt_error(attempt: int, owner: str | None, run_id: str) -> dict[str, Any]:
     """The error recorded when a claim finds an inline attempt whose replay task lost the run's lease."""
-    return {
-        "type": "ActivityTimeout",
-        "module": "continuum_celery.errors",
-        "message": f"attempt {attempt} ran inside a replay task of run {run_id} whose lease expired "
-        f"(the worker {owner} died or stalled)",
-    }
+    return _activity_timeout(
+        f"attempt {attempt} ran inside a replay task of run {run_id} whose lease expired "
+        f"(the worker {owner} died or stalled)"
+    )
+
+
+#: The command id of a run's deadline timer (the body's commands count from 1).
+DEADLINE_COMMAND = 0
+
+
+def started_payload(run: NewRun) -> dict[str, Any]:
+    """The ``run_started`` event of a new run."""
+    payload = {"input": run.input, "workflow": run.workflow, "version_hash": run.version_hash}
+    return {**payload, "timeout": run.timeout} if run.timeout else payload
+
+
+def timed_out(fire_at: datetime) -> tuple[Kind, dict[str, Any]]:
+    """The event a run's deadline timer appends when it fires."""
+    return Kind.RUN_TIMED_OUT, {"deadline": fire_at.isoformat()}
 
 
 def child_outcome(state: str, run_id: str, result: Any, error: Any) -> tuple[Kind, dict[str, Any]]:
@@ -107,6 +200,8 @@ class TaskSpec:
     retry_policy: dict[str, Any]
     timeout: float
     idempotency_key: str | None
+    heartbeat_timeout: float | None = None
+    schedule_to_close: float | None = None
 
 
 def task_spec(cmd: NewEvent, default_timeout: float) -> TaskSpec:
@@ -126,6 +221,8 @@ def task_spec(cmd: NewEvent, default_timeout: float) -> TaskSpec:
         retry_policy=dict(retry),
         timeout=payload.get("timeout") or default_timeout,
         idempotency_key=(payload.get("idempotency_key") or None) if kind == "activity" else None,
+        heartbeat_timeout=payload.get("heartbeat_timeout") or None,
+        schedule_to_close=payload.get("schedule_to_close") or None,
     )
 
 
@@ -148,6 +245,9 @@ def claim_of(
         compensated_result=spec.arguments.get("result"),
         workflow=workflow,
         trace_context=dict(trace_context or {}),
+        heartbeat_timeout=spec.heartbeat_timeout,
+        schedule_to_close=spec.schedule_to_close,
+        close_in=spec.schedule_to_close,
     )
 
 

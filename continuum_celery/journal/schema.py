@@ -126,6 +126,13 @@ activity_tasks = sa.Table(
     sa.Column("owner", sa.String(200)),
     # The run lease an inline attempt runs under (it dies with it); NULL for a continuum.activity attempt.
     sa.Column("run_lease_token", sa.BigInteger),
+    # Liveness of the current attempt: claimed at, most seconds between heartbeats, the last heartbeat.
+    sa.Column("started_at", _ts),
+    sa.Column("heartbeat_timeout", sa.Float),
+    sa.Column("heartbeat_at", _ts),
+    sa.Column("heartbeat_details", sa.Text),
+    # Seconds all attempts together may take, from the task's creation (None: no such limit).
+    sa.Column("schedule_to_close", sa.Float),
     sa.Column("result", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("outcome_seq", sa.Integer),

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,11 +35,12 @@ from .base import (
     NewRun,
     RunRecord,
 )
-from .rules import lease_lost
+from .rules import DEADLINE_COMMAND, attempt_lease, close_in, lease_lost, started_payload
 from .schema import (
     activity_tasks,
     check_schema,
     runs,
+    timers,
 )
 from .sql_statements import Clock, StepStatements
 
@@ -228,9 +229,19 @@ class SQLBase:
             },
         ).one()
         started = Appender(run.id, 0, None)
-        payload = {"input": run.input, "workflow": run.workflow, "version_hash": run.version_hash}
-        started.add(Kind.RUN_STARTED, None, None, payload)
+        started.add(Kind.RUN_STARTED, None, None, started_payload(run))
         started.flush(conn, self, set_last_seq=False)
+        if run.timeout:
+            conn.execute(
+                timers.insert().values(
+                    run_id=run.id,
+                    command_id=DEADLINE_COMMAND,
+                    kind="deadline",
+                    fire_at=self.clock.after(run.timeout),
+                    state="pending",
+                    created_at=self.clock.now,
+                )
+            )
         return row
 
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
@@ -324,15 +335,17 @@ class SQLBase:
                     ),
                 ),
             )
-            .values(state="running", owner=owner, dispatched_at=None, updated_at=now)
+            .values(state="running", owner=owner, dispatched_at=None, started_at=now, updated_at=now)
             .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
         ).first()
         if row is None:
             return None
+        close = close_in(row.created_at, row.schedule_to_close, datetime.now(timezone.utc))
+        lease = attempt_lease(row.timeout or self.activity_timeout, row.heartbeat_timeout, close)
         conn.execute(
             activity_tasks.update()
             .where(activity_tasks.c.id == task_id)
-            .values(lease_expires_at=self.clock.after(row.timeout or self.activity_timeout))
+            .values(lease_expires_at=self.clock.after(lease))
         )
         arguments = loads(row.arguments)
         return ActivityClaim(
@@ -350,6 +363,10 @@ class SQLBase:
             compensated_result=arguments.get("result"),
             workflow=row.run_workflow or "",
             trace_context=loads(row.run_trace_context) or {},
+            heartbeat_timeout=row.heartbeat_timeout,
+            last_heartbeat=loads(row.heartbeat_details),
+            schedule_to_close=row.schedule_to_close,
+            close_in=close,
         )
 
 

@@ -167,6 +167,16 @@ class StepStatements:
                 activity_tasks.c.attempt,
             )
         )
+        self.heartbeat_lease = (
+            activity_tasks.update()
+            .where(activity_tasks.c.id == _p("task"))
+            .values(lease_expires_at=clock.after(_p("lease", sa.Float())))
+        )
+        self.abandon_running = (
+            activity_tasks.update()
+            .where(activity_tasks.c.run_id == run_id, activity_tasks.c.state == "running")
+            .values(state="cancelled", lease_expires_at=None, updated_at=now, finished_at=now)
+        )
         self.live_children = sa.select(runs.c.id).where(
             runs.c.parent_run_id.in_(sa.bindparam("p_parents", expanding=True)),
             runs.c.state.not_in(TERMINAL),
@@ -186,6 +196,7 @@ class StepStatements:
         self.insert_task = activity_tasks.insert().values(dispatched_at=now, created_at=now, updated_at=now)
         self.insert_running_task = activity_tasks.insert().values(
             dispatched_at=None,
+            started_at=now,
             lease_expires_at=clock.after(_p("timeout", sa.Float())),
             created_at=now,
             updated_at=now,

@@ -32,6 +32,7 @@ from .rules import (
     INBOX_BATCH,
     SCHEDULE_KINDS,
     TaskSpec,
+    attempt_lease,
     cancelled_task_outcome,
     child_outcome,
     child_run,
@@ -44,6 +45,7 @@ from .rules import (
     task_id,
     task_outcome,
     task_spec,
+    timed_out,
     wait_deadline,
 )
 from .schema import (
@@ -172,6 +174,10 @@ class StepsMixin(TasksMixin):
                     conn.execute(signals.update().where(signals.c.id == match.id).values(consumed_seq=seq))
                 elif timer.fire_at is not None and timer.fire_at <= out.now:
                     seq = out.add(Kind.SIGNAL_TIMED_OUT, timer.command_id, timer.name, {})
+            elif timer.kind == "deadline":
+                if timer.fire_at is not None and timer.fire_at <= out.now:
+                    kind, payload = timed_out(timer.fire_at)
+                    seq = out.add(kind, None, None, payload)
             elif timer.fire_at is not None and timer.fire_at <= out.now:
                 seq = out.add(Kind.TIMER_FIRED, timer.command_id, None, {"fire_at": timer.fire_at.isoformat()})
             if seq is not None:
@@ -186,11 +192,14 @@ class StepsMixin(TasksMixin):
         """Drop a run's pending timers and unstarted tasks; ask its live children to stop.
 
         With ``out`` (a cancel the body is about to see) compensations are spared, since a saga
-        runs them as its cleanup; without it (the run ended) every unstarted task goes. A task
-        running now may finish, but it is not attempted again (see ``TasksMixin._may_retry``).
+        runs them as its cleanup, and a task running now may finish (a saga waits for it) but is
+        not attempted again (see ``TasksMixin._may_retry``). Without it (the run ended) every
+        unstarted task goes, and attempts in flight are abandoned: nothing awaits their end.
         """
         kinds = ("activity",) if out is not None else ("activity", "compensation")
         conn.execute(self.sql.cancel_timers, {"p_run": run_id})
+        if out is None:  # the run ended: attempts still in flight are abandoned, their late ends dropped
+            conn.execute(self.sql.abandon_running, {"p_run": run_id})
         unstarted = conn.execute(self.sql.cancel_unstarted, {"p_run": run_id, "p_kinds": kinds}).all()
         if out is not None:
             for task in unstarted:
@@ -389,9 +398,12 @@ class StepsMixin(TasksMixin):
             "timeout": spec.timeout,
             "idempotency_key": key,
             "result": stored,
+            "heartbeat_timeout": spec.heartbeat_timeout,
+            "schedule_to_close": spec.schedule_to_close,
         }
         if held_by is not None and state == "running":
-            inline = {"owner": held_by.owner, "run_lease_token": held_by.token, "p_timeout": spec.timeout or 0}
+            lease = attempt_lease(spec.timeout or 0, spec.heartbeat_timeout, spec.schedule_to_close)
+            inline = {"owner": held_by.owner, "run_lease_token": held_by.token, "p_timeout": lease}
             conn.execute(self.sql.insert_running_task, {**row, **inline})
         elif state == "scheduled":
             conn.execute(self.sql.insert_task, row)

@@ -23,14 +23,14 @@ default, re-sends every ``redispatch_after``.)
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..states import RUNNABLE
 from .base import Dispatch
-from .rules import REDISPATCH_BACKOFF_CAP, attempt_timeout_error
+from .rules import REDISPATCH_BACKOFF_CAP, expired_attempt_error
 from .schema import activity_tasks, runs
 from .sql_tasks import TasksMixin
 
@@ -143,8 +143,11 @@ class SweepMixin(TasksMixin):
                     .values(dispatched_at=self.clock.now)
                 )
             dispatches += [Dispatch("activity", t.id, queue=t.queue, attempt=t.attempt, label=t.name) for t in tasks]
+            now = datetime.now(timezone.utc)
             for task in conn.execute(queries["expired_tasks"]).all():
-                error = attempt_timeout_error(task.attempt, task.timeout, task.owner)
+                error = expired_attempt_error(
+                    task.attempt, task.timeout, task.heartbeat_timeout, task.started_at, task.owner, now
+                )
                 dispatches += self._fail_attempt(conn, task, error, retryable=True).dispatches
         return dispatches
 

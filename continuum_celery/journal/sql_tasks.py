@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,17 +18,30 @@ from .base import (
     ActivityOutcome,
     Dispatch,
 )
-from .rules import retry_delay
+from .rules import (
+    DEADLINE_COMMAND,
+    attempt_liveness,
+    close_in,
+    heartbeat_lease,
+    may_retry_within,
+    retry_delay,
+    schedule_to_close_error,
+)
 from .schema import (
     activity_results,
     activity_tasks,
     events,
     runs,
     signals,
+    timers,
 )
 from .sql_base import (
     SQLBase,
 )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class TasksMixin(SQLBase):
@@ -74,6 +88,52 @@ class TasksMixin(SQLBase):
                 return ActivityOutcome("completed", [poke] if poke else [])
             return self._fail_attempt(conn, row, error, retryable)
 
+    def heartbeat(self, task_id: str, attempt: int, details: Any = None, *, record: bool = True) -> str:
+        with self._tx() as conn:
+            mine = (activity_tasks.c.id == task_id, activity_tasks.c.attempt == attempt)
+            if record:
+                values: dict[str, Any] = {"heartbeat_at": self.clock.now}
+                if details is not None:
+                    values["heartbeat_details"] = dumps(details)
+                row = conn.execute(
+                    activity_tasks.update()
+                    .where(*mine, activity_tasks.c.state == "running")
+                    .values(**values)
+                    .returning(*activity_tasks.c)
+                ).first()
+                if row is not None and row.heartbeat_timeout:
+                    lease = heartbeat_lease(row.started_at, row.timeout, row.heartbeat_timeout, _utcnow())
+                    conn.execute(self.sql.heartbeat_lease, {"p_task": task_id, "p_lease": lease})
+            else:
+                row = conn.execute(sa.select(activity_tasks).where(*mine, activity_tasks.c.state == "running")).first()
+            if row is None:
+                return attempt_liveness(False, False)
+            return attempt_liveness(True, self._may_retry(conn, row) and not self._past_deadline(conn, row.run_id))
+
+    def _past_deadline(self, conn: sa.Connection, run_id: str) -> bool:
+        """Whether the run's workflow timeout is due and its body has not seen it yet (work it started stops)."""
+        due = conn.execute(
+            sa.select(timers.c.run_id).where(
+                timers.c.run_id == run_id,
+                timers.c.command_id == DEADLINE_COMMAND,
+                timers.c.state == "pending",
+                timers.c.fire_at <= self.clock.now,
+            )
+        ).first()
+        return due is not None
+
+    def detach_inline(self, claim: ActivityClaim) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                activity_tasks.update()
+                .where(
+                    activity_tasks.c.id == claim.task_id,
+                    activity_tasks.c.attempt == claim.attempt,
+                    activity_tasks.c.state == "running",
+                )
+                .values(run_lease_token=None, updated_at=self.clock.now)
+            )
+
     def _store_result(self, conn: sa.Connection, claim: ActivityClaim, result: str) -> None:
         """Keep a completed attempt's result (JSON text) under its idempotency key; the first one stays."""
         if claim.idempotency_key:
@@ -94,8 +154,11 @@ class TasksMixin(SQLBase):
     ) -> ActivityOutcome:
         """Retry the attempt by its policy, or fail the task and wake its run (unless the caller holds it)."""
         policy = loads(row.retry_policy)
-        if retryable and row.attempt < row.max_attempts and self._may_retry(conn, row):
-            delay = retry_delay(policy, row.attempt)
+        delay = retry_delay(policy, row.attempt)
+        retry = retryable and row.attempt < row.max_attempts and self._may_retry(conn, row)
+        if retry and not may_retry_within(close_in(row.created_at, row.schedule_to_close, _utcnow()), delay):
+            retry, error = False, schedule_to_close_error(row.attempt, row.schedule_to_close, error)
+        if retry:
             due = conn.execute(
                 activity_tasks.update()
                 .where(activity_tasks.c.id == row.id)

@@ -407,11 +407,14 @@ def test_doctor_on_the_fleet(fleet: Fleet) -> None:
     assert result.exit_code == 1  # the held run's worker is gone
     found = {d["run_id"]: d for d in json.loads(result.stdout)["runs"]}
     assert fleet.ids["completed"] not in found and fleet.ids["failed"] not in found
-    [runnable] = found[fleet.ids["pending"]]["reasons"]
+    runnable, version = found[fleet.ids["pending"]]["reasons"]
     assert runnable["kind"] == "runnable" and "waiting for a worker to take a step" in runnable["message"]
+    # No worker is left at all: nothing serves the run's version.
+    assert version["kind"] == "version" and version["attention"]
+    assert "no worker answered the ping, so none has ops.quick" in version["message"]
     [lease] = found[fleet.ids["running"]]["reasons"]
     assert (lease["kind"], lease["details"]["owner_status"], lease["attention"]) == ("lease", "dead", True)
-    assert [r["kind"] for r in found[fleet.ids["parent"]]["reasons"]] == ["child"]
+    assert [r["kind"] for r in found[fleet.ids["parent"]]["reasons"]] == ["version", "child"]
     finished = as_json(cli(fleet, "doctor", fleet.ids["completed"], "--json"))
     assert finished["runs"][0]["reasons"][0]["kind"] == "finished"
 

@@ -25,11 +25,12 @@ MODULES = ("tests.support.flows", "tests.support.flows_compose")
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def compose(stack: Stack) -> Stack:
+@pytest.fixture(params=["inline", "celery"])
+def compose(stack: Stack, request: pytest.FixtureRequest) -> Stack:
+    """A worker with lone awaited activities run inline in their replay task, or all through Celery."""
     stack.modules = MODULES
     stack.client()
-    stack.worker(concurrency=4)
+    stack.worker(concurrency=4, CONTINUUM_INLINE_ACTIVITIES="1" if request.param == "inline" else "0")
     return stack
 
 

@@ -5,6 +5,7 @@ that outlives its lease TTL. PostgreSQL, Redis and ``celery worker`` subprocesse
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -36,10 +37,17 @@ def _history_ok(stack: Stack, run_id: str) -> list[str]:
 # ---- a worker killed while an activity runs -----------------------------------------------------
 
 
-def test_a_worker_killed_mid_activity_is_replaced_and_the_effect_happens_once(stack: Stack) -> None:
+@pytest.mark.parametrize(("path", "beat"), [("inline", True), ("inline", False), ("celery", False)])
+def test_a_worker_killed_mid_activity_is_replaced_and_the_effect_happens_once(
+    stack: Stack, path: str, beat: bool
+) -> None:
+    """Without beat, the new worker's own sweep finds the dead worker's run (or attempt) and resumes it."""
+    stack.lease_ttl = 6.0
+    stack.extra_env["CONTINUUM_INLINE_ACTIVITIES"] = "1" if path == "inline" else "0"
     stack.client()
     first = stack.worker()
-    stack.beat()
+    if beat:
+        stack.beat()
     spec = {"id": "crash", "steps": 1, "hold": 2.5}
     handle = effects_flow.start(spec)
 
@@ -54,7 +62,9 @@ def test_a_worker_killed_mid_activity_is_replaced_and_the_effect_happens_once(st
     assert (task.state, task.attempt) == ("running", 1)
 
     stack.worker()
+    restarted = time.monotonic()
     assert handle.result(timeout=90) == ["crash:0"]
+    print(f"\n[{path}, beat={beat}] new worker ready -> run completed: {time.monotonic() - restarted:.1f} s")
 
     assert [r.key for r in stack.sql("SELECT key FROM test_effects")] == ["crash:0"]
     (task,) = stack.sql("SELECT state, attempt FROM continuum_activity_tasks WHERE run_id = :r", r=handle.id)

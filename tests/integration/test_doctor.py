@@ -159,3 +159,67 @@ def test_doctor_says_a_sigkilled_lease_holder_is_not_alive(stack: Stack) -> None
 
     for key in (f"act-{stack.token}", f"step-{stack.token}"):
         stack.sql("INSERT INTO test_marks (name) VALUES (:n)", n=f"release:{key}")
+
+
+def test_doctor_flags_an_attempt_past_its_deadline_or_heartbeat_timeout(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempts claimed by a worker that vanished (no worker, no beat left to give them up)."""
+    from tests.support.flows_liveness import stall_flow, timeout_flow
+
+    stack.modules = ("tests.support.flows", "tests.support.flows_liveness")
+    engine = stack.client()
+    monkeypatch.setattr(engine.stepper, "inline_activities", False)
+    overran = timeout_flow.start({"key": f"d-{stack.token}", "seconds": 1.0})  # timeout 2 s
+    stalled = stall_flow.start(f"s-{stack.token}")  # heartbeat_timeout 2 s, timeout 120 s
+    for handle in (overran, stalled):
+        engine.stepper.step(handle.id)  # schedules the activity; no worker takes it
+        claim = engine.journal.claim_activity(f"{handle.id}:1", 1, "ghost@nowhere:4242")
+        assert claim is not None
+        assert engine.journal.heartbeat(claim.task_id, 1, {"rows": 1200}) == "running"
+
+    def flagged() -> dict[str, dict[str, Any]] | None:
+        _, found = diagnoses(stack, overran.id, stalled.id)
+        overrun = [r for d in found.values() for r in d["reasons"] if "should have given it up" in r["message"]]
+        return found if len(overrun) == 2 else None
+
+    found = wait_until(flagged, 30, "both attempts to overrun", interval=0.5)
+    assert diagnoses(stack, overran.id, stalled.id)[0] == 1
+    [over] = [r for r in found[overran.id]["reasons"] if r["kind"] == "activity"]
+    assert "attempt 1 of 2: running on ghost@nowhere:4242" in over["message"]
+    assert "past its deadline" in over["message"] and "(timeout 2 s)" in over["message"]
+    assert "last heartbeat" in over["message"] and '{"rows": 1200}' in over["message"] and over["attention"]
+    assert "keep a worker running" in over["message"]
+    [stall] = [r for r in found[stalled.id]["reasons"] if r["kind"] == "activity"]
+    assert "no heartbeat within its heartbeat_timeout of 2 s" in stall["message"]
+    assert stall["details"]["last_heartbeat"] == {"rows": 1200}
+
+    shown = cli(stack, "runs", "show", stalled.id)
+    assert shown.exit_code == 0, shown.output
+    assert "stalls attempt 1 of 2 running on ghost@nowhere:4242" in shown.output
+    assert "last heartbeat" in shown.output and '{"rows": 1200}' in shown.output
+    as_json = json.loads(cli(stack, "runs", "show", "--json", stalled.id).stdout)
+    assert as_json["attempts"][0]["last_heartbeat"] == {"rows": 1200}
+
+
+def test_doctor_flags_a_queue_or_a_version_no_live_worker_serves(stack: Stack) -> None:
+    from tests.support.flows_liveness import elsewhere_flow
+
+    stack.modules = ("tests.support.flows", "tests.support.flows_liveness")
+    engine = stack.client()
+    stack.worker(concurrency=1)
+    stranded = elsewhere_flow.start(None)
+    wait_until(lambda: has_event(stack, stranded.id, "activity_scheduled"), 30, "the activity to be scheduled")
+    orphan = f"orphan-{stack.token}"
+    engine.journal.create_run(
+        NewRun(id=orphan, workflow=elsewhere_flow.name, version_hash="e" * 16, version=9, input=None)
+    )
+
+    code, found = diagnoses(stack, stranded.id, orphan)
+    assert code == 1
+    [queue] = [r for r in found[stranded.id]["reasons"] if r["kind"] == "queue"]
+    assert queue["attention"] and queue["details"]["queue"] == "nowhere-queue"
+    assert "`celery -A app worker -Q nowhere-queue`" in queue["message"]
+    # Not yet parked: no live worker has that version (or, once a sweep parked it, unknown_version).
+    [version] = [r for r in found[orphan]["reasons"] if r["kind"] in ("version", "unknown_version")]
+    assert version["attention"] and "e" * 16 in version["message"]

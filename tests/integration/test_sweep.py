@@ -358,7 +358,8 @@ def test_redis_flushed_while_50_runs_sleep_or_wait_all_complete_through_the_swee
         ids=ids,
     )[0].n
     _lose_redis(stack, redis_url)
-    second = stack.worker(concurrency=4, **FAST_SWEEP)
+    # Its own sweep is off: the dispatches counted below are all the beat sweep's.
+    second = stack.worker(concurrency=4, CONTINUUM_WORKER_SWEEP_INTERVAL="0", **FAST_SWEEP)
     wait_until(lambda: _states(stack, ids) == {"completed": 50}, 90, "all 50 runs to complete after the flush")
     assert [h.result(timeout=5) for h in sleepers] == [{"id": i, "value": "slept"} for i in range(25)]
     assert [h.result(timeout=5) for h in waiters] == [{"id": 25 + i, "value": h.id} for i, h in enumerate(waiters)]
@@ -368,7 +369,7 @@ def test_redis_flushed_while_50_runs_sleep_or_wait_all_complete_through_the_swee
         ids=ids,
     )
     assert {r.kind: r.n for r in fired} == {"timer_fired": 25, "signal_received": 25}
-    # Nothing was left in Redis to wake them: the sweeps of the new worker sent every one.
+    # Nothing was left in Redis to wake them: the sweeps the new worker ran for beat sent every one.
     assert asleep > 0
     assert _sweep_dispatches(second) >= 25 + asleep
 
@@ -387,7 +388,12 @@ def test_two_beats_sweeping_at_once_fire_every_timer_exactly_once(stack: Stack) 
     stack.client()
     # No Redis wake-ups in the workers: every timer fires through a sweep, and sweeps re-send
     # runs not claimed within 0.2 s, so duplicate replay messages are the rule, not the exception.
-    sweep_only = {"CONTINUUM_REDIS_URL": "", "CONTINUUM_SWEEP_INTERVAL": "0.3", "CONTINUUM_REDISPATCH_AFTER": "0.2"}
+    sweep_only = {
+        "CONTINUUM_REDIS_URL": "",
+        "CONTINUUM_SWEEP_INTERVAL": "0.3",
+        "CONTINUUM_REDISPATCH_AFTER": "0.2",
+        "CONTINUUM_WORKER_SWEEP_INTERVAL": "0",  # the dispatches counted below are all the beats' sweeps
+    }
     worker = stack.worker(concurrency=4, **sweep_only)
     beats = [stack.beat(**sweep_only), stack.beat(**sweep_only)]
     runs_n = 12

@@ -206,11 +206,18 @@ def test_a_cancel_stops_retries_of_work_it_overtook_but_not_of_cleanup(journal: 
     assert journal.finish_activity(cleanup, error=ERROR).status == "retry"
 
 
-def test_an_attempt_failing_after_its_run_ended_is_not_retried(journal: Journal) -> None:
-    schedule(journal, activity(1, retry=RETRY))
+@pytest.mark.parametrize("late", ["failure", "success"])
+def test_an_attempt_ending_after_its_run_ended_is_dropped_not_retried(journal: Journal, late: str) -> None:
+    schedule(journal, activity(1, retry=RETRY, key="k-late"))
     running = journal.claim_activity("run-1:1", 1, "w1")
     assert running is not None
     journal.send_signal("run-1", "go", 1)  # wakes the run, which then fails while the attempt still runs
     commit(journal, claim(journal), [], Fail(ERROR))
-    assert journal.finish_activity(running, error=ERROR) == ActivityOutcome("failed")
+    # The run's end abandoned the attempt: its heartbeat says so, and its late end is not recorded.
+    assert journal.heartbeat("run-1:1", 1, {"rows": 1}) == "abandoned"
+    ended = journal.finish_activity(running, error=ERROR if late == "failure" else None, result={"late": True})
+    assert ended == ActivityOutcome("stale")
     assert journal.get_run("run-1").state == "failed"
+    assert journal.claim_activity("run-1:1", 2, "w1") is None  # never retried
+    # Nothing stored under the key: another run scheduling it with that key runs the activity.
+    assert [d.kind for d in schedule(journal, activity(1, key="k-late"), run_id="run-2")] == ["activity"]

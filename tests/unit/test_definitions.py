@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -115,6 +116,9 @@ def test_activity_options_are_checked() -> None:
         activity(name=unique("async"))(coroutine)
     with pytest.raises(DefinitionError, match="positive number of seconds"):
         activity(name=unique("timeout"), timeout=0)(lambda x: x)
+    with pytest.raises(DefinitionError, match=r"heartbeat_timeout='10'\): use a positive number of seconds"):
+        activity(name=unique("beat"), heartbeat_timeout="10")(lambda x: x)  # type: ignore[arg-type]
+    assert activity(name=unique("beat"), heartbeat_timeout=timedelta(seconds=30))(lambda x: x).heartbeat_timeout == 30
 
 
 def test_an_activity_takes_one_compensation() -> None:

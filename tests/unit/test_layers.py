@@ -18,16 +18,16 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[list[str]] = [
     ["errors", "serialization", "events", "states", "ids"],
     ["config", "telemetry", "tracing", "metrics"],
-    ["hashing", "runtime", "versioning", "definitions"],
+    ["hashing", "runtime", "versioning", "definitions", "activity_context"],
     ["replay", "futures", "saga", "context", "snapshots"],
     ["journal.*"],
     ["leases", "redis_guard", "wakeups", "notify", "routing", "cache", "publisher", "dispatch"],
-    ["executor", "stepper", "client"],
+    ["supervisor", "executor", "stepper", "client"],
     ["tasks", "installer"],
     ["celeryconfig", "app", "embedded"],
     ["<root>"],
     ["examples.*"],
-    ["cli_format", "inspection", "doctor", "pruning", "replay_check", "testing", "demo"],
+    ["cli_format", "inspection", "worker_probe", "doctor", "pruning", "replay_check", "testing", "demo"],
     ["cli_context", "cli_runs", "cli_versions", "cli"],
 ]
 

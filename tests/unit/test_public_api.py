@@ -17,6 +17,11 @@ PUBLIC = {
     "WorkflowContext",
     "ActivityFuture",
     "ChildHandle",
+    # inside an activity
+    "activity_info",
+    "heartbeat",
+    "ActivityInfo",
+    "ActivityCancelled",
     # running them
     "Continuum",
     "RunHandle",
@@ -44,6 +49,8 @@ PUBLIC = {
     "ChildFailed",
     "ChildCancelled",
     "RunCancelled",
+    "WorkflowTimeout",
+    "ChildTimeout",
 }
 
 

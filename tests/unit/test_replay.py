@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from continuum_celery import ActivityFailed, NondeterminismError, RunCancelled, activity
+from continuum_celery import (
+    ActivityFailed,
+    ChildTimeout,
+    NondeterminismError,
+    RunCancelled,
+    WorkflowTimeout,
+    activity,
+    workflow,
+)
 from continuum_celery.context import RunInfo, context_factory
 from continuum_celery.events import Event, Kind, NewEvent
 from continuum_celery.replay import Cancelled, Complete, ContinueAsNew, Decision, Execution, Fail, replay_history
@@ -464,3 +472,74 @@ def test_a_body_failing_with_a_lone_surrogate_fails_with_a_storable_error(live: 
     end = run.step()
     assert isinstance(end.outcome, Fail) and end.outcome.error["message"] == "caf\\udce9"
     dumps(end.outcome.error).encode("utf-8")  # the commit encodes it so
+
+
+def test_a_workflow_timeout_fails_the_run_after_the_saga_compensates(live: Callable[..., Live]) -> None:
+    def booking(ctx: Any, _: Any) -> str:
+        ctx.run(charge, 500)
+        ctx.sleep(3600)
+        return "done"
+
+    run = live(booking, saga=True)
+    run.step()
+    run.done(1, {"charged": 500}, name="tests.replay.charge")
+    run.step()  # now asleep
+    run.add(Kind.RUN_TIMED_OUT, deadline="2030-01-01T00:01:00+00:00")
+    undo = run.step()
+    assert shape(undo.commands) == [("compensation_scheduled", 3, "tests.replay.charge")]
+    run.add(Kind.COMPENSATION_COMPLETED, 3, "tests.replay.charge", result=None, attempts=1)
+    end = run.step()
+    assert isinstance(end.outcome, Fail) and end.outcome.error["type"] == "WorkflowTimeout"
+    assert "deadline 2030-01-01T00:01:00+00:00" in end.outcome.error["message"]
+    assert [c["ok"] for c in end.outcome.error["compensations"]] == [True]
+    assert run.replay() == Decision([], end.outcome)
+
+
+def test_a_body_may_catch_its_workflow_timeout_once(live: Callable[..., Live]) -> None:
+    def patient(ctx: Any, _: Any) -> str:
+        try:
+            ctx.sleep(3600)
+        except WorkflowTimeout:
+            return ctx.run(add, 1, 1)
+        return "slept"
+
+    run = live(patient)
+    run.step()
+    run.add(Kind.RUN_TIMED_OUT, deadline="2030-01-01T00:01:00+00:00")
+    assert shape(run.step().commands) == [("activity_scheduled", 2, "tests.replay.add")]
+    run.done(2, 2)
+    assert run.step().outcome == Complete(2)
+
+
+@workflow(workflow="tests.replay.child")
+def child_flow(ctx: Any, x: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize("first", ["timer", "child"])
+def test_a_child_wait_with_a_timeout_raises_child_timeout_and_the_child_goes_on(
+    live: Callable[..., Live], first: str
+) -> None:
+    def parent(ctx: Any, _: Any) -> Any:
+        child = ctx.start_child(child_flow, 5)
+        try:
+            return child.result(timeout=60)
+        except ChildTimeout as exc:
+            assert exc.run_id == child.id and exc.workflow == "tests.replay.child"
+            return {"late": child.result()}
+
+    run = live(parent)
+    assert shape(run.step().commands) == [("child_started", 1, "tests.replay.child"), ("timer_scheduled", 2, None)]
+    assert run.events[-1].payload["fire_at"] == (NOW + timedelta(seconds=60)).isoformat()
+    child_id = run.events[1].payload["run_id"]
+    completed = {"run_id": child_id, "result": 5, "error": None}
+    if first == "timer":
+        run.add(Kind.TIMER_FIRED, 2, fire_at=run.events[-1].payload["fire_at"])
+        assert run.step().outcome is None  # timed out: now waits for the child itself
+        run.add(Kind.CHILD_COMPLETED, 1, "tests.replay.child", **completed)
+        expected = Complete({"late": 5})
+    else:
+        run.add(Kind.CHILD_COMPLETED, 1, "tests.replay.child", **completed)
+        expected = Complete(5)
+    assert run.step().outcome == expected
+    assert run.replay() == Decision([], expected)
