@@ -160,11 +160,15 @@ class Operator:
         """The SQL journal (opened on first use; checks the schema is migrated).
 
         Raises:
-            ConfigurationError: unreachable database; SchemaNotMigrated: run ``continuum migrate``.
+            ConfigurationError: a missing SQLite file (none is created) or an unreachable database;
+            SchemaNotMigrated: run ``continuum migrate``.
         """
         if self._journal is None:
             from .journal.sql import SQLJournal
+            from .journal.sql_base import require_existing_journal
 
+            # Only `continuum migrate` creates a journal; every other command acts on an existing one.
+            require_existing_journal(self.settings.database_url, "this command acts on runs already journaled")
             self._journal = SQLJournal(
                 self.settings.database_url, activity_timeout=self.settings.activity_timeout, queue=self.settings.queue
             )

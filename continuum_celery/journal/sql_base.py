@@ -79,6 +79,24 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(url, **kwargs)
 
 
+def require_existing_journal(url: str, why: str) -> None:
+    """Refuse a SQLite journal file that does not exist, before anything would create it.
+
+    Raises:
+        ConfigurationError: ``url`` names a missing SQLite file; ``why`` says why none is created.
+    """
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return
+    path = sa.engine.make_url(url).database
+    if not path or path == ":memory:" or not os.path.exists(path):
+        raise ConfigurationError(
+            f"no SQLite journal at {os.path.abspath(path) if path else path!r}, and {why}, so it created none: "
+            "pass --database-url (or -A your.celery_app, or set CONTINUUM_DATABASE_URL) to name your journal, "
+            "or run `continuum migrate` to create this one."
+        )
+
+
 def read_only_engine(url: str) -> sa.Engine:
     """An engine whose connections cannot write, and that never creates a SQLite file.
 
@@ -87,13 +105,7 @@ def read_only_engine(url: str) -> sa.Engine:
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        path = sa.engine.make_url(url).database
-        if not path or path == ":memory:" or not os.path.exists(path):
-            raise ConfigurationError(
-                f"no SQLite journal at {os.path.abspath(path) if path else path!r}, and this command only reads, "
-                "so it created none: pass --database-url (or -A your.celery_app, or set CONTINUUM_DATABASE_URL) "
-                "to name your journal, or run `continuum migrate` to create this one."
-            )
+        require_existing_journal(url, "this command only reads")
         engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")

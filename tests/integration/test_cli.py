@@ -496,13 +496,24 @@ def test_demo_removes_its_temporary_journal_unless_kept(tmp_path: Path, monkeypa
     assert cli(None, "--database-url", f"sqlite:///{workdir / 'journal.sqlite3'}", "runs", "list").exit_code == 0
 
 
-# ---- read-only commands never create or write a journal ---------------------------------------------
+# ---- only `migrate` creates a journal; read-only commands never write one -----------------------------
 
 
 @pytest.mark.parametrize(
-    "args", [("runs", "list"), ("runs", "show", "some-run"), ("doctor",), ("versions",)], ids=" ".join
+    "args",
+    [
+        ("runs", "list"),
+        ("runs", "show", "some-run"),
+        ("doctor",),
+        ("versions",),
+        ("versions", "prune"),
+        ("signal", "some-run", "go"),
+        ("cancel", "some-run"),
+        ("retry", "some-run"),
+    ],
+    ids=" ".join,
 )
-def test_read_only_commands_never_create_a_journal(
+def test_commands_other_than_migrate_never_create_a_journal(
     args: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("CONTINUUM_DATABASE_URL", "CONTINUUM_APP", "CONTINUUM_CELERY_CONFIG"):
