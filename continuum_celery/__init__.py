@@ -12,6 +12,7 @@ from . import runtime
 from .activity_context import ActivityInfo, activity_info, heartbeat
 from .context import WorkflowContext
 from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, activity, workflow
+from .durable import durable
 from .errors import (
     ActivityCancelled,
     ActivityFailed,
@@ -61,6 +62,7 @@ __all__ = [
     "Continuum",
     "RunHandle",
     "get_run",
+    "durable",
     "app",
     # errors raised inside workflows
     "WorkflowError",

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import telemetry, tracing
+from .canvas import CanvasSender
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import RunNotFound, WorkflowFailed
 from .events import Event
 from .ids import run_id_for_message, validate_run_id, validate_signal_name
-from .journal.base import Dispatch, Journal, NewRun, RunRecord
+from .journal.base import CanvasLink, Dispatch, Journal, NewRun, RunRecord
 from .notify import Notifier
 from .runtime import RunHandle
 from .serialization import check_json, roundtrip
@@ -31,6 +32,7 @@ class EngineParts(Protocol):
     dispatcher: Dispatcher
     notifier: Notifier
     settings: Settings
+    canvas: CanvasSender
 
 class Client:
     """Starts runs and reads them; bound to one engine."""
@@ -39,13 +41,22 @@ class Client:
         self._engine = engine
 
     def start(
-        self, defn: WorkflowDefinition[Any], input: Any, *, run_id: str | None = None, message_id: str | None = None
+        self,
+        defn: WorkflowDefinition[Any],
+        input: Any,
+        *,
+        run_id: str | None = None,
+        message_id: str | None = None,
+        link: CanvasLink | None = None,
     ) -> JournalRunHandle:
         """Create the run (idempotent on ``run_id``) and dispatch its first step.
 
         ``message_id`` is the Celery task id of the message asking for the start: without a
         ``run_id``, the run id derives from it, so a redelivered or resent message starts the
         same run once. Without either, the run gets a random UUID.
+
+        ``link``: what follows that Celery task in its canvas, stored with the run (see
+        :mod:`continuum_celery.canvas`); sent at once if the run had already ended.
         """
         if run_id is not None:
             run_id = validate_run_id(run_id)
@@ -64,11 +75,14 @@ class Client:
                 input=roundtrip(input),
                 trace_context=tracing.new_trace_context(),
                 timeout=getattr(defn, "timeout", None),
+                link=link,
             )
-            _, created = self._engine.journal.create_run(new)
+            record, created = self._engine.journal.create_run(new)
         if created:
             self._engine.dispatcher.send([Dispatch("replay", run_id, label=defn.name, version_hash=defn.version_hash)])
             telemetry.emit("run_started", run_id=run_id, workflow=defn.name)
+        elif link is not None and record.terminal:
+            self._engine.canvas.send_due(run_id)
         return JournalRunHandle(self, run_id)
 
     def get(self, run_id: str) -> JournalRunHandle:
@@ -124,14 +138,7 @@ class JournalRunHandle(RunHandle):
             if record.state == "completed":
                 return record.result
             if record.state in ("failed", "cancelled"):
-                error = record.error or {}
-                reason = f"{error.get('type', '')}: {error.get('message', '')}"
-                raise WorkflowFailed(
-                    f"run {run_id} ({record.workflow}) {record.state}: {reason}",
-                    run_id=run_id,
-                    state=record.state,
-                    error=error,
-                )
+                raise WorkflowFailed.of_run(run_id, record.workflow, record.state, record.error)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"run {self.id} did not finish within {timeout} s (it is {record.state})")

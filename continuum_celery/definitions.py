@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import runtime
-from .errors import DefinitionError, UnknownWorkflow
+from .errors import DefinitionError, InvalidArgument, UnknownWorkflow
 from .hashing import version_hash as compute_version_hash
 from .runtime import RunHandle
 from .versioning import check_compatible_with
@@ -24,6 +24,7 @@ from .versioning import registry as workflow_registry
 
 if TYPE_CHECKING:
     from celery.canvas import Signature
+    from celery.result import AsyncResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -248,12 +249,43 @@ class WorkflowDefinition(Generic[R]):
         return self.start(input, run_id=run_id)
 
     def s(self, *args: Any, run_id: str | None = None) -> Signature:
-        """A Celery signature of ``continuum.start`` for this workflow.
+        """A Celery signature that starts a run of this workflow, for chains, groups and chords.
 
-        In a chain, the previous task's result becomes the workflow input;
-        the task returns the run id to the next link.
+        In canvas the run behaves like one long task: in a chain, the previous task's
+        result becomes the input, and what follows (the next task, a chord's callback,
+        ``link`` / ``link_error``) gets the run's result or error when the run ends.
+        The run id is the start task's id (or, for an id that cannot be a run id, one derived
+        from it) unless ``run_id`` is given.
+
+        Raises:
+            InvalidArgument: more than one input, or a malformed ``run_id``. PayloadError: the input is not JSON.
         """
         return runtime.current().start_signature(self.name, args, run_id=run_id)
+
+    def si(self, *args: Any, run_id: str | None = None) -> Signature:
+        """An immutable :meth:`s`: in a chain, the previous task's result is not the input."""
+        return self.s(*args, run_id=run_id).set(immutable=True)
+
+    def apply_async(
+        self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncResult:
+        """Start a run through a Celery task, as ``Task.apply_async`` does; returns that task's result.
+
+        ``args`` is ``(input,)`` and ``kwargs`` may hold ``run_id``; ``options`` are Celery's
+        (``countdown``, ``eta``, ``link``, ``link_error``, ``task_id``, ``queue``, ...). The result's
+        ``get()`` returns the run's result or raises :class:`~continuum_celery.errors.WorkflowFailed`.
+
+        Raises:
+            InvalidArgument: other ``kwargs``, more than one input, or a malformed ``run_id``.
+        """
+        extra = dict(kwargs or {})
+        run_id = extra.pop("run_id", None)
+        if extra:
+            raise InvalidArgument(
+                f"workflow {self.name} takes one input and no keyword arguments (got {sorted(extra)}): "
+                "pass args=(input,), with several values packed in one dict."
+            )
+        return self.s(*(args or ()), run_id=run_id).apply_async(**options)
 
     def __call__(self, ctx: Any, input: Any = None) -> R:
         return self.fn(ctx, input)

@@ -130,6 +130,13 @@ class WorkflowFailed(ContinuumError):
     state: str
     error: dict[str, Any]
 
+    @classmethod
+    def of_run(cls, run_id: str, workflow: str, state: str, error: dict[str, Any] | None) -> WorkflowFailed:
+        """The error of a run that ended ``state`` with ``error`` (its type and message, never a payload)."""
+        error = error or {}
+        reason = f"{error.get('type', '')}: {error.get('message', '')}"
+        return cls(f"run {run_id} ({workflow}) {state}: {reason}", run_id=run_id, state=state, error=error)
+
 
 class ActivityCancelled(ContinuumError):
     """Raised by ``heartbeat()`` inside an activity: its run was cancelled, or this attempt was abandoned.

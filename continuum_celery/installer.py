@@ -21,10 +21,12 @@ from celery.utils.log import current_process_index
 
 from . import runtime
 from .cache import ExecutionCache
+from .canvas import CanvasSender
 from .client import Client, JournalRunHandle
 from .config import Settings
 from .dispatch import START_TASK, SWEEP_TASK, Dispatcher
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidArgument
+from .ids import validate_run_id
 from .journal.base import Journal
 from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
@@ -38,6 +40,7 @@ from .routing import (
     log_worker_plan,
     report_unknown_versions,
 )
+from .serialization import check_json
 from .stepper import Stepper
 from .tasks import emit_sweep, register_tasks, timed
 from .versioning import registry as workflow_registry
@@ -92,6 +95,16 @@ class Continuum(runtime.Runtime):
         )
         self.cache = ExecutionCache(self.settings.cache_size)
         self.client = Client(self)
+        #: Whether this process's worker sends task events (``-E``); set at worker boot.
+        self.task_events = bool(app.conf.worker_send_task_events)
+        self.canvas = CanvasSender(
+            app,
+            lambda: self.journal,
+            hold=self.settings.redispatch_after,
+            batch=self.settings.sweep_batch,
+            task_events=lambda: self.task_events,
+            hostname=lambda: self.hostname,
+        )
         self._pump: WakeupPump | None = None
         self._heartbeat: VersionHeartbeat | None = None
         self._worker_sweep: Periodic | None = None
@@ -186,9 +199,21 @@ class Continuum(runtime.Runtime):
         return self.client.get(run_id)
 
     def start_signature(self, workflow: str, args: tuple[Any, ...], *, run_id: str | None = None) -> Signature:
+        """A ``continuum.start`` signature for use in chains, groups and chords.
+
+        Monitors show it under the workflow's name (``shadow``), and see ``input=<hidden>``
+        instead of the input, which may hold secrets.
+        """
+        if len(args) > 1:
+            raise InvalidArgument(
+                f"workflow {workflow} takes one input, got {len(args)} values: pack them in one dict."
+            )
+        if run_id is not None:
+            validate_run_id(run_id)
+        if args:
+            check_json(args[0], f"input of workflow {workflow}", self.settings.max_payload_bytes)
         options: dict[str, Any] = {"queue": self.settings.queue} if self.settings.queue else {}
-        # The input may hold secrets: monitors (Flower, events) see this text instead of the arguments.
-        options["argsrepr"] = f"{workflow} input=<hidden>"
+        options.update(argsrepr=f"{workflow} input=<hidden>", kwargsrepr="{}", shadow=workflow)
         return self.app.signature(START_TASK, args=args, kwargs={"workflow": workflow, "run_id": run_id}, **options)
 
     def sweep_once(self) -> int:
@@ -203,6 +228,7 @@ class Continuum(runtime.Runtime):
             lambda: self.journal.sweep(batch=self.settings.sweep_batch, redispatch_after=self.settings.redispatch_after)
         )
         self.dispatcher.send(dispatches)
+        self.canvas.send_due()
         emit_sweep(len(dispatches), self.journal.due_backlog(), duration)
         return len(dispatches)
 
@@ -319,6 +345,8 @@ class Continuum(runtime.Runtime):
         def on_init(sender: Any = None, **_: Any) -> None:
             if _app_of(sender) is not self.app:
                 return
+            # Pool children inherit this: they send the task events of the runs they end.
+            self.task_events = bool(getattr(sender, "task_events", self.task_events))
             self.load_workflow_modules()
             routed = self.settings.version_routing
             hashes = {h for _, h in workflow_registry.served()} if routed else set()

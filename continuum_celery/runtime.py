@@ -67,6 +67,10 @@ class RunHandle(ABC):
             RunFinished: the run already completed or failed.
         """
 
+    def get(self, timeout: float | None = None) -> Any:
+        """Alias of :meth:`result`, as on Celery's ``AsyncResult``."""
+        return self.result(timeout)
+
     def __repr__(self) -> str:
         return f"<RunHandle {self.id}>"
 

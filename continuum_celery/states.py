@@ -22,6 +22,8 @@ RUN_STATES = (PENDING, RUNNING, SUSPENDED, COMPLETED, FAILED, CANCELLED, CONTINU
 RUNNABLE = (PENDING, SUSPENDED)
 #: States a run never leaves.
 TERMINAL = (COMPLETED, FAILED, CANCELLED, CONTINUED)
+#: States of a run that ended for good: what follows it (its canvas links) is due.
+ENDED = (COMPLETED, FAILED, CANCELLED)
 #: States of a run that has not ended.
 UNFINISHED = (PENDING, RUNNING, SUSPENDED)
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from celery.exceptions import Ignore
+
 from . import telemetry
+from .canvas import CanvasSender, link_of
 from .client import Client
 from .config import Settings
 from .dispatch import ACTIVITY_TASK, REPLAY_TASK, START_TASK, SWEEP_TASK, Dispatcher
 from .errors import InvalidArgument, LeaseLost
 from .executor import run_attempt
 from .journal.base import Journal
+from .states import TERMINAL
 from .stepper import Stepper
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from celery import Celery, Task
 
 
 class TaskEngine(Protocol):
@@ -29,6 +33,7 @@ class TaskEngine(Protocol):
     settings: Settings
     dispatcher: Dispatcher
     client: Client
+    canvas: CanvasSender
 
     @property
     def journal(self) -> Journal: ...
@@ -57,11 +62,14 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
 
     @app.task(name=REPLAY_TASK, **TASK_OPTIONS)
     def replay(run_id: str) -> str:
-        """Advance a run by one or more replay steps."""
+        """Advance a run by one or more replay steps; a run that ended continues its canvas."""
         try:
-            return engine.stepper.step(run_id)
+            state = engine.stepper.step(run_id)
         except LeaseLost:
             return "lease_lost"
+        if state in TERMINAL:  # its canvas links are due now (or, continued, move to the next run)
+            engine.canvas.send_due(run_id)
+        return state
 
     @app.task(name=ACTIVITY_TASK, **TASK_OPTIONS)
     def activity(task_id: str, attempt: int) -> str:
@@ -77,8 +85,8 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
         )
 
     @app.task(name=START_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)
-    def start(task: Any, *args: Any, workflow: str, run_id: str | None = None) -> str:
-        """Start a run from a Celery canvas; returns the run id to the next link.
+    def start(task: Task, *args: Any, workflow: str, run_id: str | None = None) -> str:
+        """Start a run from a Celery canvas; the run's end sends its result where this task's would go.
 
         Without ``run_id`` the run id comes from the message's task id, so a redelivered or
         resent start message starts one run, not one per delivery.
@@ -91,10 +99,14 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
         from .definitions import get_workflow
 
         defn, input = get_workflow(workflow), args[0] if args else None
-        handle = engine.client.start(defn, input, run_id=run_id, message_id=task.request.id)
-        return handle.id
+        if task.request.called_directly:
+            return engine.client.start(defn, input, run_id=run_id).id
+        link = link_of(task.request, engine.settings.max_payload_bytes)
+        engine.client.start(defn, input, run_id=run_id, message_id=task.request.id, link=link)
+        raise Ignore()  # Celery stores no result and continues no canvas: the run's end does (canvas.py)
 
-    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0)
+    # No task events: a sweep every few seconds would bury the runs in a monitor's task list.
+    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0, send_events=False)
     def sweep() -> int:
         """Re-derive and send every due dispatch from the journal."""
         return engine.sweep_once()

@@ -59,8 +59,33 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class CanvasLink:
+    """What follows a run started by a Celery task: the task's id and its request's canvas fields.
+
+    ``request`` holds the callbacks, errbacks, chain, chord and group fields of the start
+    task's request (see :mod:`continuum_celery.canvas`); they are sent once when the run ends.
+    """
+
+    task_id: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DueLink:
+    """A canvas link whose run has ended (``completed``, ``failed`` or ``cancelled``), claimed for sending."""
+
+    task_id: str
+    run_id: str
+    workflow: str
+    state: str
+    result: Any
+    error: dict[str, Any] | None
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class NewRun:
-    """What starting a run writes."""
+    """What starting a run writes (and, for a run started by a Celery task, its canvas link)."""
 
     id: str
     workflow: str
@@ -74,6 +99,7 @@ class NewRun:
     trace_context: dict[str, str] = field(default_factory=dict)
     #: Workflow execution timeout in seconds: a ``deadline`` timer (command 0) then appends ``run_timed_out``.
     timeout: float | None = None
+    link: CanvasLink | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +227,9 @@ class Journal(ABC):
     @abstractmethod
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
         """Insert a pending run with its ``run_started`` event; idempotent on ``run.id``.
+
+        ``run.link`` is stored with the run in the same transaction, also when the run
+        existed already (another canvas waiting for the same run); once per ``task_id``.
 
         Returns (the run, whether it was created now).
 
@@ -360,6 +389,21 @@ class Journal(ABC):
     def due_backlog(self) -> int | None:
         """Due work no worker has started yet (the ``sweep`` event's ``due_backlog``); None: not counted."""
         return None
+
+    # ---- canvas links ------------------------------------------------------------------
+    @abstractmethod
+    def claim_links(self, *, run_id: str | None = None, batch: int, hold: float) -> list[DueLink]:
+        """Claim for ``hold`` seconds the unsent canvas links of ended runs (of ``run_id``, or of any run).
+
+        A link of a run that continued as new moves to the successor run: it is due when the
+        last run of the chain ends. A claimed link is not returned again until ``hold`` passes
+        without :meth:`links_sent` (the sender died): each link goes out once, or again only
+        after a sender was lost mid-send.
+        """
+
+    @abstractmethod
+    def links_sent(self, task_ids: Sequence[str]) -> None:
+        """Mark links as sent; they are never returned again."""
 
     # ---- versions ----------------------------------------------------------------------
     @abstractmethod

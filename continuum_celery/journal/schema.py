@@ -229,6 +229,25 @@ activity_results = sa.Table(
     sa.Column("created_at", _ts, nullable=False),
 )
 
+# What follows a run started by a Celery task (its callbacks, errbacks, chain, chord), one row per
+# start task: stored with the run, sent once after the run ends (see continuum_celery.canvas).
+canvas_links = sa.Table(
+    "continuum_canvas_links",
+    metadata,
+    sa.Column("task_id", sa.String(255), primary_key=True),
+    sa.Column("run_id", sa.String(128), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("claimed_until", _ts),
+    sa.Column("sent_at", _ts),
+    sa.Column("created_at", _ts, nullable=False),
+)
+sa.Index(
+    "continuum_canvas_links_unsent",
+    canvas_links.c.run_id,
+    postgresql_where=canvas_links.c.sent_at.is_(None),
+    sqlite_where=canvas_links.c.sent_at.is_(None),
+)
+
 
 def migrations_dir() -> Path:
     """Where the Alembic revisions live: ``continuum_celery/migrations``, shipped inside the package."""

@@ -35,12 +35,13 @@ from .schema import (
 from .sql_base import (
     run_record,
 )
+from .sql_links import LinksMixin
 from .sql_steps import StepsMixin
 from .sql_sweep import SweepMixin, _state_is, due_runs_where, expired_runs_where
 from .sql_tasks import TasksMixin
 
 
-class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
+class SQLJournal(StepsMixin, SweepMixin, TasksMixin, LinksMixin, Journal):
     """The production journal.
 
     Args:
@@ -56,13 +57,19 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, Journal):
             with self.engine.begin() as conn:
                 existing = conn.execute(self.sql.run_by_id, {"p_run": run.id}).first()
                 if existing is not None:
-                    return self._same_run(existing, run), False
-                return run_record(self._insert_run(conn, run)), True
+                    record = self._same_run(existing, run)
+                    self._add_link(conn, run)
+                    return record, False
+                row = self._insert_run(conn, run)
+                self._add_link(conn, run)
+                return run_record(row), True
         except sa.exc.IntegrityError:
             # Two starts raced on one id: the other won; answer as for an existing run.
-            with self.engine.connect() as conn:
+            with self.engine.begin() as conn:
                 row = conn.execute(self.sql.run_by_id, {"p_run": run.id}).one()
-            return self._same_run(row, run), False
+                record = self._same_run(row, run)
+                self._add_link(conn, run)
+            return record, False
 
     @staticmethod
     def _same_run(row: Any, run: NewRun) -> RunRecord:

@@ -138,7 +138,7 @@ def _deep(levels: int) -> list[Any]:
 
 
 def client_cases(waiting: JournalRunHandle, finished: JournalRunHandle, client: Any) -> Iterator[Case]:
-    """900 malformed calls of the client API, generated from the lists above."""
+    """915 malformed calls of the client API, generated from the lists above."""
     start, call = waiter_flow.start, functools.partial
     where = re.escape(f"input of workflow {waiter_flow.name}")
     for i, (depth, (leaf, named)) in enumerate(itertools.product(range(16), BAD_LEAVES)):  # 272
@@ -179,10 +179,13 @@ def client_cases(waiting: JournalRunHandle, finished: JournalRunHandle, client: 
     for n in range(15):  # 15
         reuse = call(start, {"other": n}, run_id=waiting.id)
         yield Case("run id reused with another input", reuse, RunConflict, "already names a run")
+    for i in range(15):  # a workflow's own signature, as a chain would carry it: refused before it is sent
+        signature = call(waiter_flow.s, {"n": 1}, run_id=f"bad id {i}")
+        yield Case("run id through .s()", signature, InvalidArgument, "is malformed")
 
 
 def celery_cases(stack: Stack) -> Iterator[Case]:
-    """100 malformed starts sent through the broker to the worker's ``continuum.start`` task."""
+    """85 malformed starts sent through the broker to the worker's ``continuum.start`` task."""
     app, name = stack.client().app, waiter_flow.name
 
     def send(*args: Any, **kwargs: Any) -> Callable[[], Any]:
@@ -202,9 +205,6 @@ def celery_cases(stack: Stack) -> Iterator[Case]:
     for cut in range(2):
         blob = {"blob": "y" * (DEFAULT_MAX_PAYLOAD_BYTES + 10 + cut)}
         yield Case("oversized input", send(blob, workflow=name), PayloadError, r"over the \d+-byte limit")
-    for i in range(15):  # a workflow's own signature, as a chain would send it
-        signature = waiter_flow.s({"n": 1}, run_id=f"bad id {i}")
-        yield Case("run id through .s()", signature.apply_async, InvalidArgument, "is malformed")
 
 
 def _rows(stack: Stack) -> dict[str, int]:

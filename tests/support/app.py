@@ -12,8 +12,13 @@ from celery import Celery
 
 from continuum_celery import Continuum
 
-app = Celery("continuum-tests", broker=os.environ["CELERY_BROKER_URL"])
+app = Celery(
+    "continuum-tests",
+    broker=os.environ["CELERY_BROKER_URL"],
+    backend=os.environ.get("CELERY_RESULT_BACKEND") or None,
+)
 app.conf.update(
+    result_backend_transport_options={"global_keyprefix": os.environ.get("CONTINUUM_TEST_RESULT_PREFIX", "")},
     broker_transport_options={
         "global_keyprefix": os.environ["CONTINUUM_TEST_BROKER_PREFIX"],
         "visibility_timeout": 3600,

@@ -125,6 +125,10 @@ class Stack:
         return f"ctest:{self.token}:broker:"
 
     @property
+    def result_prefix(self) -> str:
+        return f"ctest:{self.token}:results:"
+
+    @property
     def key_prefix(self) -> str:
         return f"ctest:{self.token}:continuum:"
 
@@ -133,7 +137,9 @@ class Stack:
         env.update(
             PYTHONPATH=str(ROOT),
             CELERY_BROKER_URL=self.broker_url,
+            CELERY_RESULT_BACKEND=self.redis_url,
             CONTINUUM_TEST_BROKER_PREFIX=self.broker_prefix,
+            CONTINUUM_TEST_RESULT_PREFIX=self.result_prefix,
             CONTINUUM_DATABASE_URL=self.database_url,
             CONTINUUM_REDIS_URL=self.wakeup_redis_url or self.redis_url,
             CONTINUUM_KEY_PREFIX=self.key_prefix,
@@ -181,8 +187,9 @@ class Stack:
 
             for module in self.modules:
                 __import__(module)
-            app = Celery(f"client-{self.token}", broker=self.broker_url)
+            app = Celery(f"client-{self.token}", broker=self.broker_url, backend=self.redis_url)
             app.conf.broker_transport_options = {"global_keyprefix": self.broker_prefix}
+            app.conf.result_backend_transport_options = {"global_keyprefix": self.result_prefix}
             self.engine = Continuum(
                 app,
                 database_url=self.database_url,

@@ -26,6 +26,7 @@ PUBLIC = {
     "Continuum",
     "RunHandle",
     "get_run",
+    "durable",
     "app",
     # errors
     "ContinuumError",
