@@ -32,6 +32,8 @@ REPLAY_TASK = "continuum.replay"
 ACTIVITY_TASK = "continuum.activity"
 START_TASK = "continuum.start"
 SWEEP_TASK = "continuum.sweep"
+#: The built-in workflow that runs durable canvases (``continuum_celery.durable``), loaded everywhere.
+CANVAS_WORKFLOW = "continuum.canvas"
 
 
 def run_member(run_id: str, version_hash: str | None = None) -> str:

@@ -30,11 +30,10 @@ from typing import Any
 from celery.canvas import Signature
 
 from .definitions import DEFAULT_RETRY, RetryPolicy, get_workflow, workflow
-from .dispatch import START_TASK
+from .dispatch import CANVAS_WORKFLOW, START_TASK
 from .errors import InvalidArgument
 from .serialization import check_json, roundtrip
 
-CANVAS_WORKFLOW = "continuum.canvas"
 #: Signature options a durable canvas keeps; every other one is refused.
 KEPT_OPTIONS = frozenset({"queue"})
 #: What ``wf.s()`` sets itself: how monitors show the start.

@@ -24,7 +24,7 @@ from .cache import ExecutionCache
 from .canvas import CanvasSender
 from .client import Client, JournalRunHandle
 from .config import Settings
-from .dispatch import START_TASK, SWEEP_TASK, Dispatcher
+from .dispatch import CANVAS_WORKFLOW, START_TASK, SWEEP_TASK, Dispatcher
 from .errors import ConfigurationError, InvalidArgument
 from .ids import validate_run_id
 from .journal.base import Journal
@@ -362,7 +362,8 @@ class Continuum(runtime.Runtime):
             if _app_of(sender) is not self.app:
                 return
             self.hostname = getattr(sender, "hostname", None) or self.hostname
-            served = [(d.name, d.version, h) for d, h in workflow_registry.served()]
+            # The built-in durable-canvas workflow is on every worker: the plan names the user's.
+            served = [(d.name, d.version, h) for d, h in workflow_registry.served() if d.name != CANVAS_WORKFLOW]
             log_worker_plan(self.app, base_queue(self.app, self.settings.queue), served)
             try:
                 self.record_versions()
