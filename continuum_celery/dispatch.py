@@ -125,8 +125,9 @@ class Dispatcher:
         return f"activity|{d.attempt}|{d.queue or ''}|{d.id}|{d.label}"
 
     def _send(self, name: str, args: list[Any], queue: str | None, argsrepr: str) -> None:
-        # Not a child of the task that sends it: a start task's result must not list its internal replay.
-        options: dict[str, Any] = {"argsrepr": argsrepr.strip(), "add_to_parent": False}
+        # Not a child of the task that sends it (a start task's result must not list its internal
+        # replay), and no result to wait for: a Redis result backend then never subscribes to one.
+        options: dict[str, Any] = {"argsrepr": argsrepr.strip(), "add_to_parent": False, "ignore_result": True}
         if queue:
             options["queue"] = queue
         self.publisher.send(name, args, **options)
