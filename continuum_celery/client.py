@@ -48,12 +48,15 @@ class Client:
         run_id: str | None = None,
         message_id: str | None = None,
         link: CanvasLink | None = None,
+        timeout: float | None = None,
     ) -> JournalRunHandle:
         """Create the run (idempotent on ``run_id``) and dispatch its first step.
 
         ``message_id`` is the Celery task id of the message asking for the start: without a
         ``run_id``, the run id derives from it, so a redelivered or resent message starts the
         same run once. Without either, the run gets a random UUID.
+
+        ``timeout``: the run's execution timeout in seconds, in place of the definition's.
 
         ``link``: what follows that Celery task in its canvas, stored with the run (see
         :mod:`continuum_celery.canvas`); sent at once if the run had already ended.
@@ -74,7 +77,7 @@ class Client:
                 version=defn.version,
                 input=roundtrip(input),
                 trace_context=tracing.new_trace_context(),
-                timeout=getattr(defn, "timeout", None),
+                timeout=timeout if timeout is not None else getattr(defn, "timeout", None),
                 link=link,
             )
             record, created = self._engine.journal.create_run(new)

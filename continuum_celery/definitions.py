@@ -235,18 +235,32 @@ class WorkflowDefinition(Generic[R]):
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
 
-    def start(self, input: Any = None, *, run_id: str | None = None) -> RunHandle:
+    def start(
+        self, input: Any = None, *, run_id: str | None = None, timeout: float | timedelta | None = None
+    ) -> RunHandle:
         """Start a run of this workflow (idempotent on ``run_id``) and return its handle.
 
+        ``timeout`` is this run's execution timeout, in place of ``@workflow(timeout=...)``:
+        past it the body gets ``WorkflowTimeout`` at its next wait. A start that finds the
+        run already there leaves that run's own deadline as it was.
+
         Raises:
-            PayloadError: ``input`` is not JSON. InvalidArgument: ``run_id`` is malformed.
+            PayloadError: ``input`` is not JSON. InvalidArgument: ``run_id`` is malformed, or
+            ``timeout`` is not a positive number of seconds.
             RunConflict: ``run_id`` already names a run with another workflow or input.
         """
-        return runtime.current().start_run(self, input, run_id=run_id)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+            raise InvalidArgument(f"{self.name}.start(timeout={timeout!r}): use a positive number of seconds.")
+        return runtime.current().start_run(
+            self, input, run_id=run_id, timeout=float(seconds) if seconds is not None else None
+        )
 
-    def delay(self, input: Any = None, *, run_id: str | None = None) -> RunHandle:
+    def delay(
+        self, input: Any = None, *, run_id: str | None = None, timeout: float | timedelta | None = None
+    ) -> RunHandle:
         """Alias of :meth:`start`, as with Celery tasks."""
-        return self.start(input, run_id=run_id)
+        return self.start(input, run_id=run_id, timeout=timeout)
 
     def s(self, *args: Any, run_id: str | None = None) -> Signature:
         """A Celery signature that starts a run of this workflow, for chains, groups and chords.

@@ -192,8 +192,10 @@ class Continuum(runtime.Runtime):
 
     # ---- operations ----------------------------------------------------------------------
 
-    def start_run(self, definition: Any, input: Any, *, run_id: str | None = None) -> JournalRunHandle:
-        return self.client.start(definition, input, run_id=run_id)
+    def start_run(
+        self, definition: Any, input: Any, *, run_id: str | None = None, timeout: float | None = None
+    ) -> JournalRunHandle:
+        return self.client.start(definition, input, run_id=run_id, timeout=timeout)
 
     def get_run(self, run_id: str) -> JournalRunHandle:
         return self.client.get(run_id)

@@ -79,8 +79,13 @@ class Runtime(ABC):
     """What the public API needs of an installed engine."""
 
     @abstractmethod
-    def start_run(self, definition: Any, input: Any, *, run_id: str | None = None) -> RunHandle:
-        """Create a run of ``definition`` (idempotent on ``run_id``) and dispatch its first step."""
+    def start_run(
+        self, definition: Any, input: Any, *, run_id: str | None = None, timeout: float | None = None
+    ) -> RunHandle:
+        """Create a run of ``definition`` (idempotent on ``run_id``) and dispatch its first step.
+
+        ``timeout``: the run's execution timeout in seconds (None: the definition's own).
+        """
 
     @abstractmethod
     def get_run(self, run_id: str) -> RunHandle:

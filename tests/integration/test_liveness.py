@@ -11,12 +11,13 @@ import json
 
 import pytest
 
-from continuum_celery import WorkflowFailed
+from continuum_celery import InvalidArgument, WorkflowFailed
 from tests.support.flows_liveness import (
     beats_flow,
     cancel_flow,
     closing_flow,
     deadline_flow,
+    nap_flow,
     plain_flow,
     stall_flow,
     stalls,
@@ -188,6 +189,22 @@ def test_a_workflow_timeout_compensates_the_saga_and_fails_the_run(
     )
     late = (timed_out.created_at - run.created_at).total_seconds() - 4
     print(f"\n[{path}, {waiting}] workflow deadline -> WorkflowTimeout journaled: {late:.2f} s")
+
+
+def test_a_timeout_given_at_start_bounds_that_run_only(live: tuple[Stack, Proc], path: str) -> None:
+    stack, _ = live
+    bounded = nap_flow.start(3600, timeout=2)
+    free = nap_flow.start(0.5)
+    assert free.result(timeout=30) == "woke"
+    with pytest.raises(WorkflowFailed) as ended:
+        bounded.result(timeout=30)
+    assert ended.value.state == "failed" and ended.value.error["type"] == "WorkflowTimeout"
+    assert "run_timed_out" in _kinds(stack, bounded.id) and "run_timed_out" not in _kinds(stack, free.id)
+    runs_before = stack.sql("SELECT id FROM continuum_runs ORDER BY id")
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(InvalidArgument, match="positive number of seconds"):
+            nap_flow.start(1, timeout=bad)
+    assert stack.sql("SELECT id FROM continuum_runs ORDER BY id") == runs_before, "a refused start writes nothing"
 
 
 def test_schedule_to_close_ends_the_retries_of_an_activity(live: tuple[Stack, Proc], path: str) -> None:

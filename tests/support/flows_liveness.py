@@ -145,6 +145,13 @@ def deadline_flow(ctx, spec: dict) -> str:
     return ctx.run(sleeper, spec["key"], spec.get("seconds", 12.0))
 
 
+@workflow(workflow="tests.liveness.nap")
+def nap_flow(ctx, seconds: float) -> str:
+    """No timeout of its own: sleeps ``seconds`` durably, books nothing."""
+    ctx.sleep(seconds)
+    return "woke"
+
+
 @activity(retry=RetryPolicy(max_attempts=10, initial_interval=0.2, backoff=1.0), timeout=2, schedule_to_close=5)
 def keeps_overrunning(key: str) -> str:
     mark(f"try:{key}")
