@@ -23,8 +23,8 @@ from .cli_format import (
     when,
 )
 from .events import Kind
-from .inspection import RunDetail, TimelineEntry, run_detail
 from .journal.base import RunRecord
+from .journal.views import RunDetail, TimelineEntry
 from .states import RUN_STATES
 
 #: Most runs one ``runs list`` page may hold.
@@ -229,7 +229,7 @@ def _show_human(detail: RunDetail) -> None:
 @click.pass_context
 def show_run(ctx: click.Context, run_id: str, last: int | None, as_json: bool) -> None:
     """Show a run: its state, lineage (parent, children, continuations) and history as a timeline."""
-    detail = run_detail(operator(ctx).reader, run_id, max_events=last)
+    detail = operator(ctx).reader.run_detail(run_id, max_events=last)
     if as_json:
         echo_json(
             {

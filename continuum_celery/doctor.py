@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from .cli_format import heartbeat_text, jsonable, when
-from .inspection import PendingWork, attempt_view, open_run_ids, pending_work
 from .journal.sql import SQLJournal
+from .journal.views import PendingWork, attempt_view
 from .serialization import loads
 from .worker_probe import ALIVE, DEAD, UNKNOWN, QueueNames, WorkerProbe
 
@@ -326,7 +326,7 @@ def diagnose_runs(journal: SQLJournal, probe: WorkerProbe, run_ids: Iterable[str
     """Diagnose each run in ``run_ids`` (a finished run gets a single ``finished`` reason)."""
     out = []
     for run_id in run_ids:
-        work = pending_work(journal, run_id)
+        work = journal.pending_work(run_id)
         if work.run.terminal:
             out.append(Diagnosis(run_id, work.run.workflow, work.run.state, [Reason("finished", "finished.")]))
         else:
@@ -336,7 +336,7 @@ def diagnose_runs(journal: SQLJournal, probe: WorkerProbe, run_ids: Iterable[str
 
 def diagnose_open_runs(journal: SQLJournal, probe: WorkerProbe, limit: int = 500) -> list[Diagnosis]:
     """Diagnose every non-terminal run, oldest first, at most ``limit``."""
-    return diagnose_runs(journal, probe, open_run_ids(journal, limit))
+    return diagnose_runs(journal, probe, journal.open_run_ids(limit))
 
 
 __all__ = ["Diagnosis", "QueueNames", "Reason", "WorkerProbe", "diagnose", "diagnose_open_runs", "diagnose_runs"]

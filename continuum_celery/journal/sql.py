@@ -36,12 +36,13 @@ from .sql_base import (
     run_record,
 )
 from .sql_links import LinksMixin
+from .sql_reads import ReadsMixin
 from .sql_steps import StepsMixin
 from .sql_sweep import SweepMixin, _state_is, due_runs_where, expired_runs_where
 from .sql_tasks import TasksMixin
 
 
-class SQLJournal(StepsMixin, SweepMixin, TasksMixin, LinksMixin, Journal):
+class SQLJournal(StepsMixin, SweepMixin, TasksMixin, LinksMixin, ReadsMixin, Journal):
     """The production journal.
 
     Args:

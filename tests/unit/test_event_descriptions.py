@@ -9,7 +9,7 @@ import pytest
 
 from continuum_celery.cli_runs import DESCRIPTIONS, describe_event
 from continuum_celery.events import Kind
-from continuum_celery.inspection import TimelineEntry
+from continuum_celery.journal.views import TimelineEntry
 
 
 def entry(kind: str, payload: dict[str, object], name: str | None = None, command_id: int | None = None) -> Any:

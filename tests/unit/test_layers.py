@@ -27,7 +27,7 @@ LAYERS: list[list[str]] = [
     ["celeryconfig", "app", "embedded", "durable"],
     ["<root>"],
     ["examples.*"],
-    ["cli_format", "inspection", "worker_probe", "doctor", "pruning", "replay_check", "testing", "demo"],
+    ["cli_format", "worker_probe", "doctor", "pruning", "replay_check", "testing", "demo"],
     ["cli_context", "cli_runs", "cli_versions", "cli"],
 ]
 
