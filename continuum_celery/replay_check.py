@@ -30,13 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from .context import RunInfo, context_factory
-from .errors import ConfigurationError, InvalidArgument, NondeterminismError
+from .errors import InvalidArgument, NondeterminismError
 from .events import TERMINAL_EVENTS, Event, Kind
-from .journal.schema import current_revision, events, runs
-from .journal.sql_base import event_from_row, read_only_engine, run_record
+from .journal.sql import SQLJournal
 from .replay import Cancelled, Complete, ContinueAsNew, Decision, Execution, Fail
 from .serialization import dumps
 from .states import TERMINAL
@@ -173,29 +170,13 @@ def read_histories(database_url: str, *, workflow: str | None = None, limit: int
     """
     if limit < 1:
         raise InvalidArgument(f"limit={limit}: read at least one run.")
-    engine = read_only_engine(database_url)
-    where = engine.url.render_as_string(hide_password=True)
+    # Any migrated revision will do: replay-check reads copies of older deployments too.
+    journal = SQLJournal(database_url, read_only=True, check=False)
     try:
-        with engine.connect() as conn:
-            if current_revision(engine) is None:
-                raise ConfigurationError(f"the database {where} has no continuum tables; check the URL.")
-            query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
-            if workflow:
-                query = query.where(runs.c.workflow == workflow)
-            records = [run_record(r) for r in conn.execute(query)]
-            by_run: dict[str, list[Event]] = {r.id: [] for r in records}
-            for i in range(0, len(records), 500):
-                ids = [r.id for r in records[i : i + 500]]
-                rows = conn.execute(
-                    sa.select(events).where(events.c.run_id.in_(ids)).order_by(events.c.run_id, events.c.seq)
-                )
-                for row in rows:
-                    by_run[row.run_id].append(event_from_row(row))
-    except sa.exc.OperationalError as exc:
-        raise ConfigurationError(f"cannot read the journal database {where}: {exc.orig}") from exc
+        stored = journal.recent_histories(workflow=workflow, limit=limit)
     finally:
-        engine.dispose()
-    return [History({k: getattr(r, k) for k in _RUN_FIELDS}, by_run[r.id]) for r in records]
+        journal.close()
+    return [History({k: getattr(r, k) for k in _RUN_FIELDS}, history) for r, history in stored]
 
 
 def export_history(

@@ -11,12 +11,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import RunNotFound
+from ..errors import ConfigurationError, RunNotFound
+from ..events import Event
 from ..serialization import loads
 from ..states import TERMINAL
-from .schema import activity_tasks, events, runs, signals, timers, workflow_versions
-from .sql_base import SQLBase, run_record
+from .base import RunRecord
+from .schema import activity_tasks, current_revision, events, runs, signals, timers, workflow_versions
+from .sql_base import SQLBase, event_from_row, run_record
 from .views import Lineage, PendingWork, RunDetail, RunLink, TimelineEntry, attempt_view
+
+#: Runs whose events one query reads (the IN list's length).
+HISTORY_BATCH = 500
 
 
 def db_now(conn: sa.Connection) -> datetime:
@@ -36,7 +41,36 @@ def _brief(conn: sa.Connection, where: Any) -> Any:
 
 
 class ReadsMixin(SQLBase):
-    """``run_detail``, ``pending_work`` and ``open_run_ids``."""
+    """``run_detail``, ``pending_work``, ``open_run_ids`` and ``recent_histories``."""
+
+    def recent_histories(self, *, workflow: str | None, limit: int) -> list[tuple[RunRecord, list[Event]]]:
+        """The newest ``limit`` runs (of ``workflow``, if given), each with its events in order.
+
+        Works on any migrated revision (``replay-check`` reads copies of older deployments).
+
+        Raises:
+            ConfigurationError: the database is unreachable or has no continuum tables.
+        """
+        where = self.engine.url.render_as_string(hide_password=True)
+        try:
+            if current_revision(self.engine) is None:
+                raise ConfigurationError(f"the database {where} has no continuum tables; check the URL.")
+            with self.engine.connect() as conn:
+                query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+                if workflow:
+                    query = query.where(runs.c.workflow == workflow)
+                records = [run_record(r) for r in conn.execute(query)]
+                by_run: dict[str, list[Event]] = {r.id: [] for r in records}
+                for i in range(0, len(records), HISTORY_BATCH):
+                    ids = [r.id for r in records[i : i + HISTORY_BATCH]]
+                    rows = conn.execute(
+                        sa.select(events).where(events.c.run_id.in_(ids)).order_by(events.c.run_id, events.c.seq)
+                    )
+                    for row in rows:
+                        by_run[row.run_id].append(event_from_row(row))
+        except sa.exc.OperationalError as exc:
+            raise ConfigurationError(f"cannot read the journal database {where}: {exc.orig}") from exc
+        return [(r, by_run[r.id]) for r in records]
 
     def run_detail(self, run_id: str, max_events: int | None = None) -> RunDetail:
         """The run, its lineage, and its history with timestamps (the last ``max_events`` when given).
