@@ -91,7 +91,7 @@ def test_an_inline_attempt_dies_with_its_run_lease_not_its_timeout(stack: Stack)
     """
     stack.lease_ttl = 3.0
     stack.client()
-    first = stack.worker()
+    first = stack.worker(CONTINUUM_INLINE_ACTIVITIES="1")
     stack.beat()
     spec = {"id": "orphan", "steps": 1, "hold": 30.0, "patient": True}  # the first attempt holds 30 s
     handle = effects_flow.start(spec)
@@ -277,7 +277,8 @@ def test_inline_steps_that_together_outlast_the_lease_ttl_keep_one_lease(stack: 
     """Steps that keep their lease leave its expiry alone: the renewer alone must carry it past the TTL."""
     stack.lease_ttl = 3.0
     stack.client()
-    worker = stack.worker(concurrency=2)  # an idle pool process would take over an expired lease
+    # Two pool processes: an idle one would take over an expired lease.
+    worker = stack.worker(concurrency=2, CONTINUUM_INLINE_ACTIVITIES="1")
     beat = stack.beat()  # and the sweep would hand it the run
     spec = {"id": "long-held", "steps": 6, "hold": 0.8}  # each step short, 4.8 s together
     handle = effects_flow.start(spec)
