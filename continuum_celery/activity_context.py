@@ -23,7 +23,7 @@ MAX_HEARTBEAT_BYTES = 64 * 1024
 class ActivityInfo:
     """The attempt running now.
 
-    ``deadline`` is when this attempt times out (start-to-close, UTC); ``last_heartbeat``
+    ``deadline`` is when this attempt times out (start-to-close, UTC; None with no time limit); ``last_heartbeat``
     holds the details of the last heartbeat an earlier attempt of this task recorded
     (None if none did), so a retry can resume where that attempt was.
     """
@@ -34,7 +34,7 @@ class ActivityInfo:
     task_id: str
     attempt: int
     max_attempts: int
-    deadline: datetime
+    deadline: datetime | None
     heartbeat_timeout: float | None
     last_heartbeat: Any
 

@@ -209,7 +209,7 @@ def log_dropped(claim: ActivityClaim) -> None:
 
 def attempt_info(claim: ActivityClaim, limit: float) -> ActivityInfo:
     """What ``activity_info()`` tells the attempt ``claim``, which must end within ``limit`` seconds."""
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=limit if limit != float("inf") else 0)
+    deadline = None if limit == float("inf") else datetime.now(timezone.utc) + timedelta(seconds=limit)
     return ActivityInfo(
         run_id=claim.run_id,
         workflow=claim.workflow,

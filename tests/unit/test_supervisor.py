@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from continuum_celery import ActivityCancelled, heartbeat
 from continuum_celery.journal.base import ActivityClaim
 from continuum_celery.journal.schema import migrate
 from continuum_celery.journal.sql import SQLJournal
-from continuum_celery.supervisor import AttemptResult, supervise
+from continuum_celery.supervisor import AttemptResult, attempt_info, supervise
 from tests.journal.support import activity, claim, commit, start
 
 
@@ -142,3 +143,12 @@ def test_a_cancel_detaches_an_inline_attempt_which_records_its_own_end(journal: 
     while not recorded and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [r.result for r in recorded] == ["done"]
+
+
+def test_activity_info_has_a_deadline_only_when_the_attempt_has_a_time_limit(journal: CountingJournal) -> None:
+    got = claimed(journal, timeout=30.0)
+    before = datetime.now(timezone.utc)
+    timed = attempt_info(got, 30.0)
+    assert timed.deadline is not None
+    assert before + timedelta(seconds=30) <= timed.deadline <= datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert attempt_info(got, float("inf")).deadline is None
