@@ -18,6 +18,7 @@ from continuum_celery.journal.schema import migrate
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.supervisor import AttemptResult, attempt_info, supervise
 from tests.journal.support import activity, claim, commit, start
+from tests.support.stack import wait_until
 
 
 class CountingJournal(SQLJournal):
@@ -109,9 +110,7 @@ def test_an_attempt_past_its_deadline_is_given_up_and_its_heartbeat_raises(
     assert verdict.attempt is not None and verdict.attempt.error is not None
     assert verdict.attempt.error["type"] == "ActivityTimeout" and verdict.attempt.retryable
     release.set()
-    deadline = time.monotonic() + 10
-    while not warnings_logged and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: warnings_logged, 10, "the abandoned attempt's end to be logged", interval=0.01)
     assert raised == ["abandoned"] and "its end is dropped" in " ".join(warnings_logged)
 
 
@@ -121,7 +120,7 @@ def test_heartbeats_are_throttled_and_their_stop_fails_the_attempt(journal: Coun
     def beats_then_stalls() -> None:
         for i in range(200):
             heartbeat({"i": i})
-        time.sleep(3)
+        time.sleep(3)  # the stall itself: ten times the heartbeat_timeout
 
     verdict = supervise(journal, task, ran(beats_then_stalls), owner="w1")
     assert verdict.attempt is not None and verdict.attempt.error is not None
@@ -139,9 +138,7 @@ def test_a_cancel_detaches_an_inline_attempt_which_records_its_own_end(journal: 
     )
     assert verdict.attempt is None and verdict.detached
     release.set()
-    deadline = time.monotonic() + 10
-    while not recorded and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: recorded, 10, "the detached attempt to record its end", interval=0.01)
     assert [r.result for r in recorded] == ["done"]
 
 
