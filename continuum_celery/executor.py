@@ -6,6 +6,7 @@ the task row, so a duplicate or late Celery delivery of an attempt does nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -49,14 +50,16 @@ def run_attempt(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> str:
     """Execute one attempt; return ``completed``, ``failed``, ``retry``, ``stale`` or ``dropped``."""
-    claim = journal.claim_activity(task_id, attempt, owner)
-    if claim is None:
-        return "dropped"
-    with activity_span(claim):
-        verdict = supervise(journal, claim, lambda: execute(claim, owner, celery_tasks, max_payload_bytes), owner=owner)
-        if verdict.attempt is None:
-            return "stale"
-        return record_attempt(journal, dispatcher, claim, verdict.attempt)
+    with journal.holding_connection():  # the claim and the record share one connection
+        claim = journal.claim_activity(task_id, attempt, owner)
+        if claim is None:
+            return "dropped"
+        with activity_span(claim):
+            run = functools.partial(execute, claim, owner, celery_tasks, max_payload_bytes)
+            verdict = supervise(journal, claim, run, owner=owner)
+            if verdict.attempt is None:
+                return "stale"
+            return record_attempt(journal, dispatcher, claim, verdict.attempt)
 
 
 def record_attempt(journal: Journal, dispatcher: Dispatcher, claim: ActivityClaim, attempt: AttemptResult) -> str:

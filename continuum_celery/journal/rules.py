@@ -123,17 +123,6 @@ def expired_attempt_error(
     return attempt_timeout_error(attempt, timeout, owner)
 
 
-def attempt_lease(timeout: float, heartbeat_timeout: float | None, close: float | None = None) -> float:
-    """Seconds from a claim until an attempt counts as lost: its timeout, heartbeat timeout or what is
-    left of its ``schedule_to_close`` (``close``), whichever is shortest."""
-    limits = [
-        timeout,
-        *([heartbeat_timeout] if heartbeat_timeout else []),
-        *([max(close, 0.0)] if close is not None else []),
-    ]
-    return min(limits)
-
-
 def heartbeat_lease(
     started_at: datetime | None, timeout: float | None, heartbeat_timeout: float, now: datetime
 ) -> float:

@@ -8,6 +8,7 @@ a lease; SQLite, a single-machine default, uses the local clock.
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from ..errors import (
 )
 from ..events import Event, Kind
 from ..serialization import dumps, loads
-from ..states import RUNNABLE, TERMINAL
+from ..states import TERMINAL
 from .base import (
     ActivityClaim,
     Dispatch,
@@ -35,9 +36,8 @@ from .base import (
     NewRun,
     RunRecord,
 )
-from .rules import DEADLINE_COMMAND, attempt_lease, close_in, lease_lost, started_payload
+from .rules import DEADLINE_COMMAND, close_in, lease_lost, started_payload
 from .schema import (
-    activity_tasks,
     check_schema,
     runs,
     timers,
@@ -54,7 +54,7 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine tuned for the journal (pre-ping on PostgreSQL; WAL and immediate locks on SQLite)."""
+    """An engine tuned for the journal (stale-connection check on PostgreSQL; WAL and immediate locks on SQLite)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
@@ -73,10 +73,32 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        sa.event.listen(engine, "checkout", _drop_if_closed_by_server)
+    return engine
+
+
+def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has ended, without a round trip.
+
+    An idle connection has nothing to read unless the server spoke first: when PostgreSQL ends a
+    session (a restart, ``pg_terminate_backend``, an idle timeout) it sends its last message and
+    closes, so the socket turns readable. A pre-ping would cost a round trip on every checkout,
+    which is every step; this costs one ``poll``. Raising ``DisconnectionError`` makes the pool
+    discard the connection and check out another. A connection cut without a word (a network
+    partition) fails at its first statement instead, and the sweep re-sends that step.
+    """
+    try:
+        fd = dbapi_conn.fileno()
+    except Exception as exc:  # closed on our side already
+        raise sa.exc.DisconnectionError("the connection is closed") from exc
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        raise sa.exc.DisconnectionError("PostgreSQL ended this session while it sat in the pool")
 
 
 def require_existing_journal(url: str, why: str) -> None:
@@ -153,14 +175,6 @@ def event_from_row(row: Any) -> Event:
     )
 
 
-def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
-    """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
-    return [
-        sa.select(c).where(runs.c.id == activity_tasks.c.run_id).scalar_subquery().label(f"run_{c.name}")
-        for c in columns
-    ]
-
-
 class SQLBase:
     """Engine, dialect hooks and shared writes; the mixins in sql_*.py build on it."""
 
@@ -218,6 +232,34 @@ class SQLBase:
         except sa.exc.IntegrityError as exc:
             raise JournalError(f"the journal refused a write: {exc.orig}") from exc
 
+    @contextmanager
+    def _single(self) -> Iterator[sa.Connection]:
+        """A connection for one statement that commits by itself.
+
+        On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around it. SQLite has
+        no round trips to save, and keeps its immediate-lock transaction.
+        """
+        if self.is_sqlite:
+            with self._tx() as conn:
+                yield conn
+            return
+        held: sa.Connection | None = getattr(self._held, "conn", None)
+        if held is None:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+                conn.commit()
+            return
+        held.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield held
+            held.commit()  # ends SQLAlchemy's bookkeeping only: in autocommit nothing is pending
+        except BaseException:
+            held.rollback()
+            raise
+        finally:
+            held.execution_options(isolation_level=self.engine.dialect.default_isolation_level)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -258,30 +300,10 @@ class SQLBase:
 
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
         """Note new input for a run; return a dispatch if nobody is about to look at it."""
-        row = conn.execute(
-            sa.select(
-                runs.c.state,
-                runs.c.dispatched_at,
-                runs.c.stuck_reason,
-                runs.c.workflow,
-                runs.c.version_hash,
-                (runs.c.next_wakeup_at <= self.clock.now).label("due"),
-            )
-            .where(runs.c.id == run_id)
-            .with_for_update()
-        ).first()
-        if row is None or row.state in TERMINAL:
+        row = conn.execute(self.sql.poke, {"p_run": run_id}).first()
+        if row is None or not row.sent:
             return None
-        values: dict[str, Any] = {"wake_seq": runs.c.wake_seq + 1}
-        send = row.state in RUNNABLE and row.dispatched_at is None and row.stuck_reason is None
-        # A due run keeps its wake-up time: moved to this transaction's now(), it could turn later
-        # than the now() of a claim already waiting on the row lock, which would then fail.
-        if row.state in RUNNABLE and not row.due:
-            values["next_wakeup_at"] = self.clock.now
-        if send:
-            values["dispatched_at"] = self.clock.now
-        conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
-        return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash) if send else None
+        return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash)
 
     def _cancel_descendants(self, conn: sa.Connection, run_id: str) -> list[Dispatch]:
         """Ask every live descendant of ``run_id`` (children, their children...) to stop, and wake each.
@@ -327,38 +349,11 @@ class SQLBase:
         return [event_from_row(r) for r in rows]
 
     def _claim_task(self, conn: sa.Connection, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
-        """Start an attempt inside the caller's transaction; None when it is not claimable now."""
-        now = self.clock.now
-        row = conn.execute(
-            activity_tasks.update()
-            .where(
-                activity_tasks.c.id == task_id,
-                activity_tasks.c.attempt == attempt,
-                activity_tasks.c.state == "scheduled",
-                sa.or_(activity_tasks.c.retry_at.is_(None), activity_tasks.c.retry_at <= now),
-                # A cancel the run has not seen yet holds its activities back (compensations still run);
-                # the run's next step then drops them.
-                sa.or_(
-                    activity_tasks.c.kind != "activity",
-                    ~sa.exists().where(
-                        runs.c.id == activity_tasks.c.run_id,
-                        runs.c.cancel_requested_at.is_not(None),
-                        runs.c.cancel_journaled.is_(False),
-                    ),
-                ),
-            )
-            .values(state="running", owner=owner, dispatched_at=None, started_at=now, updated_at=now)
-            .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
-        ).first()
+        """Start an attempt (one statement: the claim sets its lease); None when it is not claimable now."""
+        params = {"p_task": task_id, "p_attempt": attempt, "p_owner": owner, "p_default_timeout": self.activity_timeout}
+        row = conn.execute(self.sql.claim_task, params).first()
         if row is None:
             return None
-        close = close_in(row.created_at, row.schedule_to_close, datetime.now(timezone.utc))
-        lease = attempt_lease(row.timeout or self.activity_timeout, row.heartbeat_timeout, close)
-        conn.execute(
-            activity_tasks.update()
-            .where(activity_tasks.c.id == task_id)
-            .values(lease_expires_at=self.clock.after(lease))
-        )
         arguments = loads(row.arguments)
         return ActivityClaim(
             task_id=row.id,
@@ -378,7 +373,7 @@ class SQLBase:
             heartbeat_timeout=row.heartbeat_timeout,
             last_heartbeat=loads(row.heartbeat_details),
             schedule_to_close=row.schedule_to_close,
-            close_in=close,
+            close_in=close_in(row.created_at, row.schedule_to_close, datetime.now(timezone.utc)),
         )
 
 
@@ -391,9 +386,12 @@ class Appender:
         self.now = now
         self.start = last_seq
         self.rows: list[dict[str, Any]] = []
+        #: Every event added, flushed or not: what a reader that had the run up to ``last_seq`` lacks.
+        self.added: list[Event] = []
 
     def add(self, kind: Kind, command_id: int | None, name: str | None, payload: dict[str, Any]) -> int:
         self.seq += 1
+        self.added.append(Event(self.seq, kind, command_id, name, payload))
         self.rows.append(
             {
                 "run_id": self.run_id,

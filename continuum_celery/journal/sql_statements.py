@@ -34,17 +34,77 @@ class Clock:
         self.now: Any = sqlite_now if is_sqlite else sa.func.now()
 
     def after(self, seconds: Any) -> Any:
-        """``now`` plus ``seconds`` (a number, or a ``bindparam`` of a number)."""
-        if not isinstance(seconds, sa.BindParameter):
+        """``now`` plus ``seconds`` (a number, or a SQL expression of a number: a ``bindparam``, a column)."""
+        return self.shift(None, seconds)
+
+    def shift(self, base: Any, seconds: Any) -> Any:
+        """``base`` (a time column; None: now) plus ``seconds``."""
+        if not isinstance(seconds, sa.ColumnElement):
             seconds = sa.bindparam(None, float(seconds), type_=sa.Float())
         if self.is_sqlite:
-            stamp = sa.func.strftime(_SQLITE_FORMAT, "now", sa.func.printf("%+.6f seconds", seconds))
+            start = "now" if base is None else base
+            stamp = sa.func.strftime(_SQLITE_FORMAT, start, sa.func.printf("%+.6f seconds", seconds))
             return sa.type_coerce(stamp.op("||")(sa.literal("000")), UTCDateTime())
-        return sa.func.now() + sa.literal_column("interval '1 second'") * seconds
+        return (sa.func.now() if base is None else base) + sa.literal_column("interval '1 second'") * seconds
+
+    def earliest(self, *times: Any) -> Any:
+        """The earliest of non-null times (SQLite's scalar ``min``, PostgreSQL's ``LEAST``)."""
+        return (sa.func.min if self.is_sqlite else sa.func.least)(*times)
+
+    def latest(self, *times: Any) -> Any:
+        """The latest of non-null times."""
+        return (sa.func.max if self.is_sqlite else sa.func.greatest)(*times)
+
+    def attempt_lease(self, timeout: Any, heartbeat_timeout: Any, schedule_to_close: Any, created_at: Any) -> Any:
+        """When an attempt claimed now counts as lost: after its timeout, its heartbeat timeout or the end of
+        its ``schedule_to_close`` (counted from ``created_at``, never before now), whichever comes first.
+
+        Every argument is a SQL expression (columns of the task row, or parameters), so a claim sets its
+        lease in the statement that claims it.
+        """
+        limit = self.after(timeout)
+        beat = sa.case((heartbeat_timeout > 0, self.after(heartbeat_timeout)), else_=limit)
+        close = sa.case(
+            (schedule_to_close > 0, self.latest(self.shift(created_at, schedule_to_close), self.now)), else_=limit
+        )
+        return sa.type_coerce(self.earliest(limit, beat, close), UTCDateTime())
 
 
 def _p(name: str, type_: Any = None) -> Any:
     return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
+    """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
+    return [
+        sa.select(c).where(runs.c.id == activity_tasks.c.run_id).scalar_subquery().label(f"run_{c.name}")
+        for c in columns
+    ]
+
+
+def _poke(which: Any, now: Any) -> Any:
+    """New input for the runs ``which`` selects: count it (a step in flight then steps again), and make each
+    run due unless it is already (moved to this transaction's now(), a due time could turn later than the
+    now() of a claim waiting on the row lock, which would then fail). ``sent``: this poke marked the run
+    dispatched, so the caller sends its replay (a duplicate is harmless: the claim is a compare-and-swap).
+    """
+    runnable = runs.c.state.in_(RUNNABLE)
+    return (
+        runs.update()
+        .where(which, runs.c.state.not_in(TERMINAL))
+        .values(
+            wake_seq=runs.c.wake_seq + 1,
+            next_wakeup_at=sa.case(
+                (sa.and_(runnable, sa.or_(runs.c.next_wakeup_at.is_(None), runs.c.next_wakeup_at > now)), now),
+                else_=runs.c.next_wakeup_at,
+            ),
+            dispatched_at=sa.case(
+                (sa.and_(runnable, runs.c.dispatched_at.is_(None), runs.c.stuck_reason.is_(None)), now),
+                else_=runs.c.dispatched_at,
+            ),
+        )
+        .returning(runs.c.id, runs.c.workflow, runs.c.version_hash, (runs.c.dispatched_at == now).label("sent"))
+    )
 
 
 class StepStatements:
@@ -60,6 +120,30 @@ class StepStatements:
             ),
             sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
         )
+        # What the claimed run has to resolve, read in the claim itself, so a step only queries what is there.
+        # The claimed row's columns are spelled out: SQLite's UPDATE leaves column names unqualified, and
+        # inside these subqueries a bare ``id`` would name the inner table's.
+        claimed_id = sa.literal_column(f"{runs.name}.id")
+        claimed_token = sa.literal_column(f"{runs.name}.lease_token")  # RETURNING sees the new token
+        child = runs.alias("child")
+        pending = {
+            "orphans": sa.exists().where(
+                activity_tasks.c.run_id == claimed_id,
+                activity_tasks.c.state == "running",
+                activity_tasks.c.run_lease_token < claimed_token,
+            ),
+            "finished": sa.exists().where(
+                activity_tasks.c.run_id == claimed_id,
+                activity_tasks.c.state.in_(("completed", "failed")),
+                activity_tasks.c.outcome_seq.is_(None),
+            ),
+            "waits": sa.exists().where(timers.c.run_id == claimed_id, timers.c.state == "pending"),
+            "children": sa.exists().where(
+                child.c.parent_run_id == claimed_id,
+                child.c.state.in_(tuple(CHILD_OUTCOMES)),
+                child.c.reported_to_parent.is_(False),
+            ),
+        }
         self.claim_run = (
             runs.update()
             .where(runs.c.id == run_id, claimable)
@@ -71,7 +155,7 @@ class StepStatements:
                 dispatched_at=None,
                 updated_at=now,
             )
-            .returning(*runs.c, now.label("db_now"))
+            .returning(*runs.c, now.label("db_now"), *(flag.label(f"has_{name}") for name, flag in pending.items()))
         )
         self.run_by_id = sa.select(runs).where(runs.c.id == run_id)
         # What a commit reads of the run it holds (fewer columns: less to describe and decode per step).
@@ -98,14 +182,25 @@ class StepStatements:
             .values(last_seq=runs.c.last_seq + _p("appended"), dispatched_at=None, updated_at=now)
             .returning(*held, now.label("db_now"))
         )
-        self.finished_tasks = (
-            sa.select(activity_tasks)
+        # Number the run's finished, unrecorded tasks in the order they ended, from ``p_base + 1``: the seqs
+        # of their outcome events, set and returned in one statement.
+        ranked = (
+            sa.select(
+                activity_tasks.c.id,
+                sa.func.row_number().over(order_by=(activity_tasks.c.finished_at, activity_tasks.c.id)).label("n"),
+            )
             .where(
                 activity_tasks.c.run_id == run_id,
                 activity_tasks.c.state.in_(("completed", "failed")),
                 activity_tasks.c.outcome_seq.is_(None),
             )
-            .order_by(activity_tasks.c.finished_at, activity_tasks.c.id)
+            .subquery("ranked")
+        )
+        self.record_finished = (
+            activity_tasks.update()
+            .where(activity_tasks.c.id == ranked.c.id)
+            .values(outcome_seq=_p("base", sa.Integer()) + ranked.c.n)
+            .returning(*activity_tasks.c)
         )
         # Inline attempts of an earlier lease on the run: their replay task is gone (see _resolve).
         self.orphaned_attempts = (
@@ -167,6 +262,62 @@ class StepStatements:
                 activity_tasks.c.attempt,
             )
         )
+        tasks = activity_tasks.c
+        self.claim_task = (
+            activity_tasks.update()
+            .where(
+                tasks.id == _p("task"),
+                tasks.attempt == _p("attempt"),
+                tasks.state == "scheduled",
+                sa.or_(tasks.retry_at.is_(None), tasks.retry_at <= now),
+                # A cancel the run has not seen yet holds its activities back (compensations still run);
+                # the run's next step then drops them.
+                sa.or_(
+                    tasks.kind != "activity",
+                    ~sa.exists().where(
+                        runs.c.id == tasks.run_id,
+                        runs.c.cancel_requested_at.is_not(None),
+                        runs.c.cancel_journaled.is_(False),
+                    ),
+                ),
+            )
+            .values(
+                state="running",
+                owner=_p("owner"),
+                dispatched_at=None,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=clock.attempt_lease(
+                    sa.func.coalesce(tasks.timeout, _p("default_timeout", sa.Float())),
+                    tasks.heartbeat_timeout,
+                    tasks.schedule_to_close,
+                    tasks.created_at,
+                ),
+            )
+            .returning(*activity_tasks.c, *_run_columns(runs.c.workflow, runs.c.trace_context))
+        )
+        # The end of a successful attempt (``p_seq``: the outcome's event when the run records it at once).
+        self.complete_attempt = (
+            activity_tasks.update()
+            .where(tasks.id == _p("task"), tasks.attempt == _p("attempt"), tasks.state == "running")
+            .values(
+                state="completed",
+                result=_p("result"),
+                lease_expires_at=None,
+                outcome_seq=_p("seq", sa.Integer()),
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        self.poke = _poke(runs.c.id == run_id, now)
+        # PostgreSQL completes an attempt and wakes its run in one statement (SQLite: the two above, in turn).
+        # No row: the attempt was not this caller's to finish; ``workflow`` NULL: its run has ended.
+        self.complete_and_poke: Any = None
+        if not clock.is_sqlite:
+            done = self.complete_attempt.returning(tasks.run_id).cte("done")
+            poked = _poke(runs.c.id.in_(sa.select(done.c.run_id)), now).cte("poked")
+            woken = (done.c.run_id, poked.c.workflow, poked.c.version_hash, poked.c.sent)
+            self.complete_and_poke = sa.select(*woken).select_from(done.outerjoin(poked, sa.true()))
         self.heartbeat_lease = (
             activity_tasks.update()
             .where(activity_tasks.c.id == _p("task"))
@@ -197,25 +348,11 @@ class StepStatements:
         self.insert_running_task = activity_tasks.insert().values(
             dispatched_at=None,
             started_at=now,
-            lease_expires_at=clock.after(_p("timeout", sa.Float())),
+            lease_expires_at=clock.attempt_lease(
+                _p("timeout", sa.Float()), _p("heartbeat", sa.Float()), _p("close", sa.Float()), now
+            ),
             created_at=now,
             updated_at=now,
-        )
-        self.complete_inline = (
-            activity_tasks.update()
-            .where(
-                activity_tasks.c.id == _p("task"),
-                activity_tasks.c.attempt == _p("attempt"),
-                activity_tasks.c.state == "running",
-            )
-            .values(
-                state="completed",
-                result=_p("result"),
-                lease_expires_at=None,
-                outcome_seq=_p("seq"),
-                finished_at=now,
-                updated_at=now,
-            )
         )
         ended = runs.update().where(runs.c.id == run_id).returning(now.label("db_now"), runs.c.next_wakeup_at)
         earliest_timer = (

@@ -32,7 +32,6 @@ from .rules import (
     INBOX_BATCH,
     SCHEDULE_KINDS,
     TaskSpec,
-    attempt_lease,
     cancelled_task_outcome,
     child_outcome,
     child_run,
@@ -87,7 +86,10 @@ class StepsMixin(TasksMixin):
                 self._maybe_snapshot(conn, run_id, row.last_seq, appender.seq)
             lease = Lease(run_id=run_id, token=row.lease_token, owner=owner)
             record = run_record(row)
-            loaded, snapshot_seq = self._replay_log(conn, run_id, after_seq, appender.seq)
+            if after_seq and after_seq == row.last_seq:  # the caller has the rest: only this claim's events are new
+                loaded, snapshot_seq = list(appender.added), 0
+            else:
+                loaded, snapshot_seq = self._replay_log(conn, run_id, after_seq, appender.seq)
             return StepStart(
                 lease=lease,
                 run=record,
@@ -131,20 +133,24 @@ class StepsMixin(TasksMixin):
         # An inline attempt lives as long as the lease it ran under: this claim replaced that lease, so
         # retry the attempt now rather than after its start-to-close timeout. A row its old holder is
         # finishing this instant is locked: skipped, that finish records it.
-        for task in conn.execute(self.sql.orphaned_attempts, {"p_run": run.id, "p_token": run.lease_token}).all():
-            error = orphaned_attempt_error(task.attempt, task.owner, run.id)
-            dispatches += self._fail_attempt(conn, task, error, retryable=True, wake_run=False).dispatches
+        orphans = []
+        if run.has_orphans:
+            orphans = conn.execute(self.sql.orphaned_attempts, {"p_run": run.id, "p_token": run.lease_token}).all()
+            for task in orphans:
+                error = orphaned_attempt_error(task.attempt, task.owner, run.id)
+                dispatches += self._fail_attempt(conn, task, error, retryable=True, wake_run=False).dispatches
         if run.cancel_requested_at is not None and not run.cancel_journaled:
             out.add(Kind.CANCEL_REQUESTED, None, None, {})
             conn.execute(runs.update().where(runs.c.id == run.id).values(cancel_journaled=True))
             dispatches += self._cancel_pending(conn, run.id, out)
-        finished = conn.execute(self.sql.finished_tasks, {"p_run": run.id}).all()
-        for task in finished:
-            kind, payload = task_outcome(task.kind, task.state, loads(task.result), loads(task.error), task.attempt)
-            task_seq = out.add(kind, task.command_id, task.name, payload)
-            conn.execute(self.sql.task_outcome_seq, {"p_task": task.id, "p_seq": task_seq})
-        inbox = self._resolve_waits(conn, run, out)
-        children = conn.execute(self.sql.unreported_children, {"p_run": run.id}).all()
+        if run.has_finished or orphans:  # an orphan failed for good is finished now too, numbered after a cancel
+            finished = conn.execute(self.sql.record_finished, {"p_run": run.id, "p_base": out.seq}).all()
+            for task in sorted(finished, key=lambda t: t.outcome_seq):
+                kind, payload = task_outcome(task.kind, task.state, loads(task.result), loads(task.error), task.attempt)
+                if out.add(kind, task.command_id, task.name, payload) != task.outcome_seq:
+                    raise JournalError(f"run {run.id}: task {task.id} numbered {task.outcome_seq} out of order")
+        inbox = self._resolve_waits(conn, run, out) if run.has_waits else []
+        children = conn.execute(self.sql.unreported_children, {"p_run": run.id}).all() if run.has_children else []
         for child in children:
             kind, payload = child_outcome(child.state, child.id, loads(child.result), loads(child.error))
             out.add(kind, child.parent_command_id, child.workflow, payload)
@@ -342,7 +348,7 @@ class StepsMixin(TasksMixin):
         seq = out.add(kind, done.command_id, claim.name, payload)
         result = dumps(done.result)
         updated = conn.execute(
-            self.sql.complete_inline,
+            self.sql.complete_attempt,
             {"p_task": claim.task_id, "p_attempt": claim.attempt, "p_result": result, "p_seq": seq},
         ).rowcount
         if not updated:  # the sweep took the attempt back (it overran its timeout): this decision is void
@@ -402,8 +408,9 @@ class StepsMixin(TasksMixin):
             "schedule_to_close": spec.schedule_to_close,
         }
         if held_by is not None and state == "running":
-            lease = attempt_lease(spec.timeout or 0, spec.heartbeat_timeout, spec.schedule_to_close)
-            inline = {"owner": held_by.owner, "run_lease_token": held_by.token, "p_timeout": lease}
+            limits = {"p_timeout": spec.timeout, "p_heartbeat": spec.heartbeat_timeout}
+            inline = {"owner": held_by.owner, "run_lease_token": held_by.token, "p_close": spec.schedule_to_close}
+            inline.update(limits)
             conn.execute(self.sql.insert_running_task, {**row, **inline})
         elif state == "scheduled":
             conn.execute(self.sql.insert_task, row)

@@ -48,7 +48,7 @@ class TasksMixin(SQLBase):
     """Activity task rows and the run inbox."""
 
     def claim_activity(self, task_id: str, attempt: int, owner: str) -> ActivityClaim | None:
-        with self._tx() as conn:
+        with self._single() as conn:
             return self._claim_task(conn, task_id, attempt, owner)
 
     def finish_activity(
@@ -59,7 +59,22 @@ class TasksMixin(SQLBase):
         error: dict[str, Any] | None = None,
         retryable: bool = True,
     ) -> ActivityOutcome:
+        text = dumps(result)
+        params = {"p_task": claim.task_id, "p_attempt": claim.attempt, "p_result": text, "p_seq": None}
+        if error is None and self.sql.complete_and_poke is not None and not claim.idempotency_key:
+            with self._single() as conn:  # one round trip
+                row = conn.execute(self.sql.complete_and_poke, params).first()
+            if row is None:
+                return ActivityOutcome("stale")
+            woke = row.sent and Dispatch("replay", claim.run_id, label=row.workflow, version_hash=row.version_hash)
+            return ActivityOutcome("completed", [woke] if woke else [])
         with self._tx() as conn:
+            if error is None:
+                if not conn.execute(self.sql.complete_attempt, params).rowcount:
+                    return ActivityOutcome("stale")
+                self._store_result(conn, claim, text)
+                poke = self._poke(conn, claim.run_id)
+                return ActivityOutcome("completed", [poke] if poke else [])
             row = conn.execute(
                 sa.select(activity_tasks)
                 .where(
@@ -71,21 +86,6 @@ class TasksMixin(SQLBase):
             ).first()
             if row is None:
                 return ActivityOutcome("stale")
-            if error is None:
-                conn.execute(
-                    activity_tasks.update()
-                    .where(activity_tasks.c.id == claim.task_id)
-                    .values(
-                        state="completed",
-                        result=dumps(result),
-                        lease_expires_at=None,
-                        finished_at=self.clock.now,
-                        updated_at=self.clock.now,
-                    )
-                )
-                self._store_result(conn, claim, dumps(result))
-                poke = self._poke(conn, claim.run_id)
-                return ActivityOutcome("completed", [poke] if poke else [])
             return self._fail_attempt(conn, row, error, retryable)
 
     def heartbeat(self, task_id: str, attempt: int, details: Any = None, *, record: bool = True) -> str:

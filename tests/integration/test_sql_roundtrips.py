@@ -4,7 +4,7 @@ The cost is measured on the journal's engine while the real stepper and executor
 drive a run of many sequential activities against PostgreSQL, one replay step and
 one activity attempt at a time: SQL statements (a ``before_cursor_execute``
 listener), transactions (``begin``), and wire round trips (libpq's protocol trace:
-one ``ReadyForQuery`` per round trip, so BEGIN, COMMIT and pool pre-pings count).
+one ``ReadyForQuery`` per round trip, so BEGIN and COMMIT count).
 The statement count must not grow with the history. Run with ``-s`` to see the
 figures; times are printed, never asserted.
 """
