@@ -7,6 +7,7 @@ a lease; SQLite, a single-machine default, uses the local clock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -42,7 +44,11 @@ from .schema import (
     runs,
     timers,
 )
-from .sql_statements import Clock, StepStatements
+from .sql_statements import PIPELINED, Clock, StepStatements
+
+#: Where a connection in a pipelined transaction keeps its psycopg pipeline.
+PIPELINE_KEY = "continuum_pipeline"
+_QUEUED = {PIPELINED: True}
 
 
 def normalise_url(url: str) -> str:
@@ -78,7 +84,21 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     engine = sa.create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         sa.event.listen(engine, "checkout", _drop_if_closed_by_server)
+    sa.event.listen(engine, "after_cursor_execute", _sync_unless_pipelined)
     return engine
+
+
+def _sync_unless_pipelined(
+    conn: sa.Connection, cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    """In a pipelined transaction, wait for a statement's result unless it is marked ``PIPELINED``.
+
+    So every statement behaves as outside a pipeline (rows, rowcount and errors at once), except
+    the marked writes, which reach the server together with whatever needs an answer next.
+    """
+    pipeline = conn.info.get(PIPELINE_KEY)
+    if pipeline is not None and not context.execution_options.get(PIPELINED):
+        pipeline.sync()
 
 
 def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
@@ -223,14 +243,42 @@ class SQLBase:
     def _tx(self) -> Iterator[sa.Connection]:
         held: sa.Connection | None = getattr(self._held, "conn", None)
         try:
-            if held is None:
-                with self.engine.begin() as conn:
+            if self.is_sqlite:
+                with contextlib.ExitStack() as stack:
+                    conn = held if held is not None else stack.enter_context(self.engine.connect())
+                    with conn.begin():
+                        yield conn
+            elif held is None:
+                with self.engine.connect() as conn, self._pipelined_transaction(conn):
                     yield conn
             else:
-                with held.begin():
+                with self._pipelined_transaction(held):
                     yield held
         except sa.exc.IntegrityError as exc:
             raise JournalError(f"the journal refused a write: {exc.orig}") from exc
+
+    @contextmanager
+    def _pipelined_transaction(self, conn: sa.Connection) -> Iterator[None]:
+        """A PostgreSQL transaction in psycopg's pipeline mode: its BEGIN travels with its first statement,
+        and the writes marked ``PIPELINED`` travel with the next statement that needs an answer, or with the
+        COMMIT. The connection is in autocommit meanwhile, so that the BEGIN and COMMIT are statements of
+        the pipeline (psycopg's own BEGIN would wait for its answer)."""
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with conn.begin():  # SQLAlchemy's bookkeeping; on an error its rollback ends the server's transaction
+                try:
+                    with conn.connection.driver_connection.pipeline() as pipeline:  # type: ignore[union-attr]
+                        conn.info[PIPELINE_KEY] = pipeline
+                        try:
+                            conn.exec_driver_sql("BEGIN", execution_options=_QUEUED)
+                            yield
+                            conn.exec_driver_sql("COMMIT", execution_options=_QUEUED)
+                        finally:
+                            del conn.info[PIPELINE_KEY]
+                except psycopg.Error as exc:  # raised by the pipeline's last sync: a queued write, or the COMMIT
+                    raise sa.exc.DBAPIError.instance("COMMIT", None, exc, psycopg.Error) from exc
+        finally:
+            conn.execution_options(isolation_level=self.engine.dialect.default_isolation_level)
 
     @contextmanager
     def _single(self) -> Iterator[sa.Connection]:
@@ -411,5 +459,5 @@ class Appender:
             return
         conn.execute(journal.sql.insert_events, self.rows)
         if set_last_seq:
-            conn.execute(runs.update().where(runs.c.id == self.run_id).values(last_seq=self.seq))
+            conn.execute(journal.sql.set_last_seq, {"p_run": self.run_id, "p_seq": self.seq})
         self.rows = []

@@ -74,6 +74,16 @@ def _p(name: str, type_: Any = None) -> Any:
     return sa.bindparam(f"p_{name}", type_=type_)
 
 
+#: Execution option of a write whose result nobody reads: on PostgreSQL it waits in the transaction's
+#: pipeline and travels with the next statement that returns something, or with the COMMIT.
+PIPELINED = "continuum_pipelined"
+
+
+def _pipelined(statement: Any) -> Any:
+    """Mark a write that reads nothing back (no rows, no rowcount) as free to be pipelined."""
+    return statement.execution_options(**{PIPELINED: True})
+
+
 def _run_columns(*columns: sa.Column[Any]) -> list[Any]:
     """The owning run's ``columns`` as scalar subqueries, labelled ``run_<name>``, for a task's RETURNING."""
     return [
@@ -123,8 +133,8 @@ class StepStatements:
         # What the claimed run has to resolve, read in the claim itself, so a step only queries what is there.
         # The claimed row's columns are spelled out: SQLite's UPDATE leaves column names unqualified, and
         # inside these subqueries a bare ``id`` would name the inner table's.
-        claimed_id = sa.literal_column(f"{runs.name}.id")
-        claimed_token = sa.literal_column(f"{runs.name}.lease_token")  # RETURNING sees the new token
+        claimed_id: Any = sa.literal_column(f"{runs.name}.id")
+        claimed_token: Any = sa.literal_column(f"{runs.name}.lease_token")  # RETURNING sees the new token
         child = runs.alias("child")
         pending = {
             "orphans": sa.exists().where(
@@ -212,11 +222,13 @@ class StepStatements:
             )
             .with_for_update(skip_locked=True)
         )
-        self.task_outcome_seq = (
+        self.task_outcome_seq = _pipelined(
             activity_tasks.update().where(activity_tasks.c.id == _p("task")).values(outcome_seq=_p("seq"))
         )
-        self.insert_timers = timers.insert().values(created_at=now)
-        self.consume_signal = signals.update().where(signals.c.id == _p("signal")).values(consumed_seq=_p("seq"))
+        self.insert_timers = _pipelined(timers.insert().values(created_at=now))
+        self.consume_signal = _pipelined(
+            signals.update().where(signals.c.id == _p("signal")).values(consumed_seq=_p("seq"))
+        )
         self.pending_timers = (
             sa.select(timers)
             .where(timers.c.run_id == run_id, timers.c.state == "pending")
@@ -332,11 +344,12 @@ class StepStatements:
             runs.c.parent_run_id.in_(sa.bindparam("p_parents", expanding=True)),
             runs.c.state.not_in(TERMINAL),
         )
-        self.drop_snapshots = snapshots.delete().where(snapshots.c.run_id == run_id)
+        self.drop_snapshots = _pipelined(snapshots.delete().where(snapshots.c.run_id == run_id))
         self.events_after = (
             sa.select(events).where(events.c.run_id == run_id, events.c.seq > _p("after")).order_by(events.c.seq)
         )
-        self.insert_events = events.insert().values(created_at=now)
+        self.insert_events = _pipelined(events.insert().values(created_at=now))
+        self.set_last_seq = _pipelined(runs.update().where(runs.c.id == run_id).values(last_seq=_p("seq")))
         self.insert_run = (
             runs.insert()
             .values(next_wakeup_at=now, dispatched_at=now, created_at=now, updated_at=now)
@@ -344,8 +357,8 @@ class StepStatements:
         )
         self.stored_result = sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == _p("key"))
         # Task rows pass their columns by name; the times are the database's.
-        self.insert_task = activity_tasks.insert().values(dispatched_at=now, created_at=now, updated_at=now)
-        self.insert_running_task = activity_tasks.insert().values(
+        self.insert_task = _pipelined(activity_tasks.insert().values(dispatched_at=now, created_at=now, updated_at=now))
+        self.insert_running_task = _pipelined(activity_tasks.insert()).values(
             dispatched_at=None,
             started_at=now,
             lease_expires_at=clock.attempt_lease(

@@ -133,7 +133,7 @@ class StepsMixin(TasksMixin):
         # An inline attempt lives as long as the lease it ran under: this claim replaced that lease, so
         # retry the attempt now rather than after its start-to-close timeout. A row its old holder is
         # finishing this instant is locked: skipped, that finish records it.
-        orphans = []
+        orphans: Sequence[Any] = ()
         if run.has_orphans:
             orphans = conn.execute(self.sql.orphaned_attempts, {"p_run": run.id, "p_token": run.lease_token}).all()
             for task in orphans:
