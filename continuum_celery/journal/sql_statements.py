@@ -383,3 +383,19 @@ class StepStatements:
         }
         self.suspend_runnable = ended.values(next_wakeup_at=now, **suspended)
         self.suspend_until_timer = ended.values(next_wakeup_at=earliest_timer, **suspended)
+        # ``take_run`` and the suspend in one statement, for a step that gives the run back and adds no wait
+        # (so the run's earliest timer is known before the step's rows are written): due at once when input
+        # arrived since the claim (``p_seen``: the claim's wake_seq), else at its earliest timer.
+        due = sa.case((runs.c.wake_seq != _p("seen", sa.BigInteger()), now), else_=earliest_timer)
+        self.take_and_suspend = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.lease_token == _p("token"), runs.c.state == "running")
+            .values(
+                {
+                    **suspended,
+                    "last_seq": runs.c.last_seq + _p("appended"),
+                    "next_wakeup_at": due,
+                }
+            )
+            .returning(*held, now.label("db_now"), runs.c.next_wakeup_at)
+        )

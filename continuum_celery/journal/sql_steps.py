@@ -60,6 +60,14 @@ from .sql_base import (
 from .sql_tasks import TasksMixin
 
 
+def _waits_or_reuses(cmd: NewEvent) -> bool:
+    """Whether a command can make a run due in the step that journals it: a wait (its timer, or a signal
+    already there), or an activity whose idempotency key may find a stored result."""
+    if cmd.kind in (Kind.TIMER_SCHEDULED, Kind.SIGNAL_WAIT, Kind.SIGNAL_RECEIVED):
+        return True
+    return cmd.kind in SCHEDULE_KINDS and bool(cmd.payload.get("idempotency_key"))
+
+
 class _Declined(Exception):
     """Raised inside a commit to roll it back when a folded attempt must be recorded on its own."""
 
@@ -251,9 +259,9 @@ class StepsMixin(TasksMixin):
         if outcome is not None:
             self._lock_parent_first(conn, lease.run_id)
         appended = len(commands) + (completed is not None) + (outcome is not None)
-        row = conn.execute(
-            self.sql.take_run, {"p_run": lease.run_id, "p_token": lease.token, "p_appended": appended}
-        ).first()
+        params = {"p_run": lease.run_id, "p_token": lease.token, "p_appended": appended, "p_seen": wake_seq}
+        suspends = outcome is None and inline is None and completed is None and not any(map(_waits_or_reuses, commands))
+        row = conn.execute(self.sql.take_and_suspend if suspends else self.sql.take_run, params).first()
         if row is None:
             raise self._lease_lost(conn, lease)
         last_seq = row.last_seq - appended
@@ -316,7 +324,9 @@ class StepsMixin(TasksMixin):
         else:
             conn.execute(self.sql.drop_snapshots, {"p_run": lease.run_id})
         result.now = row.db_now
-        if not result.lease_kept:
+        if suspends:  # the run row is written already
+            result.next_wakeup_at = None if result.runnable_again else row.next_wakeup_at
+        elif not result.lease_kept:
             written = conn.execute(*self._end_step(lease, result, out.seq, values)).one()
             if outcome is None and not result.runnable_again:
                 result.next_wakeup_at = written.next_wakeup_at
