@@ -32,6 +32,12 @@ from tests.support.stack import Stack
 
 #: Activities in the measured run: step 5 and step 50 must cost the same.
 LONG_RUN = 50
+#: Wire round trips on PostgreSQL: of one activity attempt on the Celery path (claim, finish), of the
+#: replay step around it with a warm cache (claim + begin, resolve, commit of the claim, take and
+#: suspend, commit), and of one inline step (take, record the attempt, commit).
+CELERY_ATTEMPT_TRIPS = 2
+CELERY_REPLAY_TRIPS = 5
+INLINE_STEP_TRIPS = 3
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,10 @@ def test_sql_cost_per_activity_step_does_not_grow_with_history(measured: tuple[C
         step5, step50 = costs[4], costs[LONG_RUN - 1]
         assert (step5[0].statements, step5[1].statements) == (step50[0].statements, step50[1].statements)
         assert step50[0].transactions == 2 and step50[1].transactions == 2
+        # The attempt claims and finishes in one round trip each; the replay claims, resolves and commits
+        # in pipelined transactions (a cold cache reads the history once more).
+        assert step50[1].round_trips == CELERY_ATTEMPT_TRIPS
+        assert step50[0].round_trips <= CELERY_REPLAY_TRIPS + cold
 
 
 def test_inline_activity_steps_cost_one_commit_each(measured: tuple[Continuum, SQLCounter]) -> None:
@@ -172,9 +182,13 @@ def test_inline_activity_steps_cost_one_commit_each(measured: tuple[Continuum, S
     extra = Cost(long.statements - short.statements, long.transactions - short.transactions, 0)
     steps = LONG_RUN - 5
     print(f"\ninline activities: {short} for 5 steps, {long} for {LONG_RUN} (statements / transactions / trips)")
-    print(f"  per extra step: {extra.statements / steps:.1f} statements, {extra.transactions / steps:.1f} transactions")
+    print(
+        f"  per extra step: {extra.statements / steps:.1f} statements, {extra.transactions / steps:.1f} transactions,"
+        f" {(long.round_trips - short.round_trips) / steps:.1f} round trips"
+    )
     assert extra.transactions == steps
     assert extra.statements % steps == 0, "every step costs the same number of statements"
+    assert long.round_trips - short.round_trips <= INLINE_STEP_TRIPS * steps
 
 
 def test_end_to_end_time_of_the_five_activity_workflow(stack: Stack) -> None:
