@@ -54,23 +54,14 @@ class SQLJournal(StepsMixin, SweepMixin, TasksMixin, LinksMixin, ReadsMixin, Jou
     """
 
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
-        try:
-            with self.engine.begin() as conn:
-                existing = conn.execute(self.sql.run_by_id, {"p_run": run.id}).first()
-                if existing is not None:
-                    record = self._same_run(existing, run)
-                    self._add_link(conn, run)
-                    return record, False
-                row = self._insert_run(conn, run)
-                self._add_link(conn, run)
-                return run_record(row), True
-        except sa.exc.IntegrityError:
-            # Two starts raced on one id: the other won; answer as for an existing run.
-            with self.engine.begin() as conn:
+        with self._tx() as conn:
+            row = self._insert_run(conn, run)
+            created = row is not None
+            if not created:  # started before (a retried start, a redelivered message): answer with that run
                 row = conn.execute(self.sql.run_by_id, {"p_run": run.id}).one()
-                record = self._same_run(row, run)
-                self._add_link(conn, run)
-            return record, False
+                self._same_run(row, run)
+            self._add_link(conn, run)
+            return run_record(row), created
 
     @staticmethod
     def _same_run(row: Any, run: NewRun) -> RunRecord:

@@ -42,7 +42,6 @@ from .rules import DEADLINE_COMMAND, close_in, lease_lost, started_payload
 from .schema import (
     check_schema,
     runs,
-    timers,
 )
 from .sql_statements import PIPELINED, Clock, StepStatements
 
@@ -312,7 +311,8 @@ class SQLBase:
         self.engine.dispose()
 
     def _insert_run(self, conn: sa.Connection, run: NewRun) -> Any:
-        """Insert a pending run and its ``run_started`` event; return the run's row."""
+        """Insert a pending run and its ``run_started`` event; return the run's row, or None when a run
+        with its id exists already (nothing is written then)."""
         row = conn.execute(
             self.sql.insert_run,
             {
@@ -329,21 +329,15 @@ class SQLBase:
                 "continued_from_run_id": run.continued_from_run_id,
                 "trace_context": dumps(run.trace_context) if run.trace_context else None,
             },
-        ).one()
+        ).first()
+        if row is None:
+            return None
         started = Appender(run.id, 0, None)
         started.add(Kind.RUN_STARTED, None, None, started_payload(run))
         started.flush(conn, self, set_last_seq=False)
         if run.timeout:
-            conn.execute(
-                timers.insert().values(
-                    run_id=run.id,
-                    command_id=DEADLINE_COMMAND,
-                    kind="deadline",
-                    fire_at=self.clock.after(run.timeout),
-                    state="pending",
-                    created_at=self.clock.now,
-                )
-            )
+            deadline = {"run_id": run.id, "command_id": DEADLINE_COMMAND, "kind": "deadline", "state": "pending"}
+            conn.execute(self.sql.insert_timers.values(fire_at=self.clock.after(run.timeout)), [deadline])
         return row
 
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..states import RUNNABLE, TERMINAL
 from .rules import CHILD_OUTCOMES
@@ -255,7 +256,7 @@ class StepStatements:
         )
         self.parent_of = sa.select(runs.c.parent_run_id).where(runs.c.id == run_id)
         self.lock_parent = sa.select(runs.c.id).where(runs.c.id == _p("parent")).with_for_update()
-        self.cancel_timers = (
+        self.cancel_timers = _pipelined(
             timers.update().where(timers.c.run_id == run_id, timers.c.state == "pending").values(state="cancelled")
         )
         self.cancel_unstarted = (
@@ -335,7 +336,7 @@ class StepStatements:
             .where(activity_tasks.c.id == _p("task"))
             .values(lease_expires_at=clock.after(_p("lease", sa.Float())))
         )
-        self.abandon_running = (
+        self.abandon_running = _pipelined(
             activity_tasks.update()
             .where(activity_tasks.c.run_id == run_id, activity_tasks.c.state == "running")
             .values(state="cancelled", lease_expires_at=None, updated_at=now, finished_at=now)
@@ -350,9 +351,12 @@ class StepStatements:
         )
         self.insert_events = _pipelined(events.insert().values(created_at=now))
         self.set_last_seq = _pipelined(runs.update().where(runs.c.id == run_id).values(last_seq=_p("seq")))
+        # No row back: a run with that id exists already (a concurrent start of the same id waits for the
+        # first one's commit, then finds it).
         self.insert_run = (
-            runs.insert()
+            (sqlite.insert if clock.is_sqlite else postgresql.insert)(runs)
             .values(next_wakeup_at=now, dispatched_at=now, created_at=now, updated_at=now)
+            .on_conflict_do_nothing(index_elements=[runs.c.id])
             .returning(*runs.c)
         )
         self.stored_result = sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == _p("key"))

@@ -429,10 +429,10 @@ class StepsMixin(TasksMixin):
         return spec, tid, stored is not None
 
     def _start_child(self, conn: sa.Connection, child: NewRun) -> None:
-        existing = conn.execute(sa.select(runs).where(runs.c.id == child.id)).first()
-        if existing is None:
-            self._insert_run(conn, child)
-        elif existing.parent_run_id != child.parent_run_id:
+        if self._insert_run(conn, child) is not None:
+            return
+        existing = conn.execute(self.sql.run_by_id, {"p_run": child.id}).one()
+        if existing.parent_run_id != child.parent_run_id:
             raise RunConflict(f"child run id {child.id!r} is already used by another run", run_id=child.id)
 
     def _finish(
@@ -451,7 +451,9 @@ class StepsMixin(TasksMixin):
         if end.next_run_id is not None:
             assert isinstance(outcome, ContinueAsNew) and continue_version is not None
             next_id = values["_continued"] = end.next_run_id
-            self._insert_run(conn, continued_run(row, loads(row.trace_context) or {}, outcome, continue_version))
+            successor = continued_run(row, loads(row.trace_context) or {}, outcome, continue_version)
+            if self._insert_run(conn, successor) is None:
+                raise JournalError(f"run {row.id} cannot continue as {next_id}: a run with that id exists")
             dispatches.append(Dispatch("replay", next_id, label=row.workflow, version_hash=continue_version[0]))
             if row.cancel_requested_at is not None:
                 # A cancel that reached this run after its body decided to continue stops the next run.
