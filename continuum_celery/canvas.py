@@ -30,7 +30,8 @@ from celery.app.task import Context
 from celery.canvas import signature
 
 from .errors import WorkflowFailed
-from .journal.base import CanvasLink, DueLink, Journal
+from .journal.base import Journal
+from .journal.records import CanvasLink, DueLink
 from .serialization import check_json, roundtrip
 
 if TYPE_CHECKING:

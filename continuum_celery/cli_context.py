@@ -28,7 +28,7 @@ from .errors import (
     RunFinished,
     RunNotFound,
 )
-from .journal.base import Dispatch
+from .journal.records import Dispatch
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -23,7 +23,7 @@ from .cli_format import (
     when,
 )
 from .events import Kind
-from .journal.base import RunRecord
+from .journal.records import RunRecord
 from .journal.views import RunDetail, TimelineEntry
 from .states import RUN_STATES
 

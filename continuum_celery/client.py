@@ -14,7 +14,8 @@ from .dispatch import Dispatcher
 from .errors import RunNotFound, WorkflowFailed
 from .events import Event
 from .ids import run_id_for_message, validate_run_id, validate_signal_name
-from .journal.base import CanvasLink, Dispatch, Journal, NewRun, RunRecord
+from .journal.base import Journal
+from .journal.records import CanvasLink, Dispatch, NewRun, RunRecord
 from .notify import Notifier
 from .runtime import RunHandle
 from .serialization import check_json, roundtrip

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_PUBLISH_TIMEOUT
-from .journal.base import Dispatch
+from .journal.records import Dispatch
 from .publisher import Publisher
 from .routing import base_queue, version_queue
 from .wakeups import Wakeups

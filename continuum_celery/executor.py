@@ -17,7 +17,8 @@ from . import telemetry, tracing
 from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import PayloadError
-from .journal.base import ActivityClaim, Journal
+from .journal.base import Journal
+from .journal.records import ActivityClaim
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, encode_error, loads
 from .supervisor import AttemptResult, log_dropped, supervise
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import LeaseLost
-from .journal.base import Journal, Lease
+from .journal.base import Journal
+from .journal.records import Lease
 
 log = logging.getLogger(__name__)
 

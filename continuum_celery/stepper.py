@@ -21,7 +21,8 @@ from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
 from .events import Event, Kind, NewEvent
 from .executor import AttemptResult, activity_span, execute, record_attempt, report
-from .journal.base import ActivityClaim, CompletedAttempt, Inline, Journal, StepResult, StepStart
+from .journal.base import Journal
+from .journal.records import ActivityClaim, CompletedAttempt, Inline, StepResult, StepStart
 from .journal.rules import task_outcome
 from .leases import LeaseRenewer
 from .notify import Notifier

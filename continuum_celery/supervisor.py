@@ -29,7 +29,8 @@ from typing import Any
 from . import telemetry
 from .activity_context import ActivityInfo, current_link
 from .errors import ActivityCancelled
-from .journal.base import ActivityClaim, Journal
+from .journal.base import Journal
+from .journal.records import ActivityClaim
 from .journal.rules import (
     ATTEMPT_ABANDONED,
     ATTEMPT_CANCELLED,

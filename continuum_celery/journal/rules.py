@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import LeaseLost, RunConflict
 from ..events import Kind, NewEvent
 from ..replay import Cancelled, Complete, ContinueAsNew, Fail, Outcome
-from .base import ActivityClaim, Lease, NewRun
+from .records import ActivityClaim, Lease, NewRun
 
 #: Longest wait before the sweep re-sends a dispatched row, in multiples of ``redispatch_after``.
 REDISPATCH_BACKOFF_CAP = 8

@@ -21,12 +21,8 @@ from ..errors import (
 from ..events import Event
 from ..serialization import dumps
 from ..states import RUNNABLE, TERMINAL
-from .base import (
-    Dispatch,
-    Journal,
-    NewRun,
-    RunRecord,
-)
+from .base import Journal
+from .records import Dispatch, NewRun, RunRecord
 from .rules import STOPPED_AT, run_conflict, summarise_versions
 from .schema import (
     runs,

@@ -31,13 +31,7 @@ from ..errors import (
 from ..events import Event, Kind
 from ..serialization import dumps, loads
 from ..states import TERMINAL
-from .base import (
-    ActivityClaim,
-    Dispatch,
-    Lease,
-    NewRun,
-    RunRecord,
-)
+from .records import ActivityClaim, Dispatch, Lease, NewRun, RunRecord
 from .rules import DEADLINE_COMMAND, close_in, lease_lost, started_payload
 from .schema import (
     check_schema,

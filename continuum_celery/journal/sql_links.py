@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from ..serialization import dumps, loads
 from ..states import CONTINUED, ENDED
-from .base import DueLink, NewRun
+from .records import DueLink, NewRun
 from .schema import canvas_links, runs
 from .sql_base import SQLBase
 

@@ -15,7 +15,7 @@ from ..errors import ConfigurationError, RunNotFound
 from ..events import Event
 from ..serialization import loads
 from ..states import TERMINAL
-from .base import RunRecord
+from .records import RunRecord
 from .schema import activity_tasks, current_revision, events, runs, signals, timers, workflow_versions
 from .sql_base import SQLBase, event_from_row, run_record
 from .views import Lineage, PendingWork, RunDetail, RunLink, TimelineEntry, attempt_view

@@ -19,15 +19,7 @@ from ..snapshots import decode as decode_snapshot
 from ..snapshots import due as snapshot_due
 from ..snapshots import encode as encode_snapshot
 from ..snapshots import extend as extend_snapshot
-from .base import (
-    CompletedAttempt,
-    Dispatch,
-    Inline,
-    Lease,
-    NewRun,
-    StepResult,
-    StepStart,
-)
+from .records import CompletedAttempt, Dispatch, Inline, Lease, NewRun, StepResult, StepStart
 from .rules import (
     INBOX_BATCH,
     SCHEDULE_KINDS,

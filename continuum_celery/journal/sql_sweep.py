@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..states import RUNNABLE
-from .base import Dispatch
+from .records import Dispatch
 from .rules import REDISPATCH_BACKOFF_CAP, expired_attempt_error
 from .schema import activity_tasks, runs
 from .sql_tasks import TasksMixin

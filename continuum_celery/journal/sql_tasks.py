@@ -13,11 +13,7 @@ from ..errors import (
 from ..events import Kind
 from ..serialization import dumps, loads
 from ..states import TERMINAL
-from .base import (
-    ActivityClaim,
-    ActivityOutcome,
-    Dispatch,
-)
+from .records import ActivityClaim, ActivityOutcome, Dispatch
 from .rules import (
     DEADLINE_COMMAND,
     attempt_liveness,

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..serialization import loads
-from .base import RunRecord
+from .records import RunRecord
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from continuum_celery.journal.base import NewRun
+from continuum_celery.journal.records import NewRun
 from tests.chaos.audit import audit
 from tests.support.stack import Stack
 

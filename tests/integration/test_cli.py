@@ -23,7 +23,7 @@ from continuum_celery import Continuum, runtime
 from continuum_celery.cli import main
 from continuum_celery.cli_context import Operator
 from continuum_celery.embedded import embedded_engine, running_worker
-from continuum_celery.journal.base import NewRun
+from continuum_celery.journal.records import NewRun
 from continuum_celery.journal.schema import head_revision
 from tests.conftest import create_database, drop_database
 from tests.support import flows_ops as ops

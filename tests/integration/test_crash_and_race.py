@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from continuum_celery.errors import LeaseLost
 from continuum_celery.events import Kind, NewEvent
-from continuum_celery.journal.base import Lease, NewRun, StepStart
+from continuum_celery.journal.records import Lease, NewRun, StepStart
 from continuum_celery.journal.schema import metadata
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.replay import Complete

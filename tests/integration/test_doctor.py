@@ -10,7 +10,7 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
 from continuum_celery.cli import main
-from continuum_celery.journal.base import NewRun
+from continuum_celery.journal.records import NewRun
 from tests.support import flows_ops as ops
 from tests.support.stack import Stack, wait_until
 

@@ -13,7 +13,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from continuum_celery.journal.base import NewRun
+from continuum_celery.journal.records import NewRun
 from continuum_celery.journal.schema import migrate
 from continuum_celery.journal.sql import SQLJournal
 from tests.conftest import REDIS_DB

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from continuum_celery import InvalidArgument, PayloadError, RunFinished, RunNotFound, get_run
 from continuum_celery.client import JournalRunHandle
-from continuum_celery.journal.base import NewRun
+from continuum_celery.journal.records import NewRun
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.notify import RedisNotifier
 from tests.support.flows_time import collect, sleep_between, sleep_until

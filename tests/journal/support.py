@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from continuum_celery.events import Kind, NewEvent
-from continuum_celery.journal.base import Dispatch, Journal, NewRun, RunRecord, StepResult, StepStart
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import Dispatch, NewRun, RunRecord, StepResult, StepStart
 from continuum_celery.replay import Outcome
 
 WORKFLOW = "tests.journal.flow"

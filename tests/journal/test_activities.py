@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from continuum_celery.events import Kind, NewEvent
-from continuum_celery.journal.base import ActivityOutcome, Dispatch, Journal
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import ActivityOutcome, Dispatch
 from continuum_celery.replay import Fail
 
 from .support import ACTIVITY, activity, claim, commit, race, replay, start

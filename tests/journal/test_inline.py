@@ -9,7 +9,8 @@ import pytest
 
 from continuum_celery.errors import LeaseLost
 from continuum_celery.events import Kind
-from continuum_celery.journal.base import CompletedAttempt, Inline, Journal, StepStart
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import CompletedAttempt, Inline, StepStart
 
 from .support import ACTIVITY, activity, claim, replay, start
 

@@ -9,7 +9,8 @@ import pytest
 
 from continuum_celery.errors import LeaseLost
 from continuum_celery.events import Kind
-from continuum_celery.journal.base import Dispatch, Journal
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import Dispatch
 from continuum_celery.replay import Complete
 
 from .support import ACTIVITY, activity, assert_numbered, claim, commit, race, replay, side_effect, signal_wait, start

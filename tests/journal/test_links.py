@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from continuum_celery.errors import RunConflict
-from continuum_celery.journal.base import CanvasLink, Journal
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import CanvasLink
 from continuum_celery.replay import Complete, ContinueAsNew, Fail
 
 from .support import claim, commit, new_run

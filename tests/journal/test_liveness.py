@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from continuum_celery.events import Kind, NewEvent
-from continuum_celery.journal.base import Inline, Journal, StepStart
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import Inline, StepStart
 from continuum_celery.replay import Fail
 
 from .support import activity, claim, commit, new_run, start, timer

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from continuum_celery.journal.base import Dispatch, Journal
+from continuum_celery.journal.base import Journal
+from continuum_celery.journal.records import Dispatch
 from continuum_celery.journal.rules import REDISPATCH_BACKOFF_CAP
 
 from .support import ACTIVITY, activity, claim, commit, replay, start, timer

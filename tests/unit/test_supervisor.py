@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from continuum_celery import ActivityCancelled, heartbeat
-from continuum_celery.journal.base import ActivityClaim
+from continuum_celery.journal.records import ActivityClaim
 from continuum_celery.journal.schema import migrate
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.supervisor import AttemptResult, attempt_info, supervise

@@ -13,7 +13,7 @@ from celery import Celery
 from continuum_celery import telemetry
 from continuum_celery.dispatch import REPLAY_TASK, Dispatcher, run_member
 from continuum_celery.errors import ConfigurationError
-from continuum_celery.journal.base import Dispatch, NewRun
+from continuum_celery.journal.records import Dispatch, NewRun
 from continuum_celery.journal.schema import migrate
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.routing import (
