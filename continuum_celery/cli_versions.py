@@ -11,7 +11,7 @@ import click
 
 from .cli_context import EXIT_FAILED, BadInput, operator
 from .cli_format import ago, echo_json, sql_count, table
-from .journal.rules import STOPPED_AT
+from .journal.version_rules import STOPPED_AT
 from .replay_check import DEFAULT_LIMIT, History, check_histories, load_histories, read_histories
 from .versioning import registry as workflow_registry
 

@@ -2,7 +2,7 @@
 
 Every version a worker served has a queue (``<base>.v.<hash>``, with an exchange of the same
 name on AMQP brokers) that outlives the code. A version is stale when no unfinished run is
-pinned to it and no live worker serves it (:func:`~continuum_celery.journal.rules.stale_versions`);
+pinned to it and no live worker serves it (:func:`~continuum_celery.journal.version_rules.stale_versions`);
 its queue and exchange are deleted, then its rows in ``continuum_workflow_versions``.
 
 Safe on every deploy: a queue that a worker consumes is never deleted (``if_unused``), the
@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .journal.rules import stale_versions
+from .journal.version_rules import stale_versions
 from .routing import version_queue
 
 #: The note of a version a dry run would remove.

@@ -23,7 +23,7 @@ from .events import Event, Kind, NewEvent
 from .executor import AttemptResult, activity_span, execute, record_attempt, report
 from .journal.base import Journal
 from .journal.records import ActivityClaim, CompletedAttempt, Inline, StepResult, StepStart
-from .journal.rules import task_outcome
+from .journal.task_rules import task_outcome
 from .leases import LeaseRenewer
 from .notify import Notifier
 from .replay import ContinueAsNew, Decision, Execution

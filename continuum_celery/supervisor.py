@@ -31,7 +31,7 @@ from .activity_context import ActivityInfo, current_link
 from .errors import ActivityCancelled
 from .journal.base import Journal
 from .journal.records import ActivityClaim
-from .journal.rules import (
+from .journal.task_rules import (
     ATTEMPT_ABANDONED,
     ATTEMPT_CANCELLED,
     attempt_timeout_error,

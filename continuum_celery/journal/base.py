@@ -252,7 +252,7 @@ class Journal(ABC):
     def retract_versions(self, hostname: str) -> None:
         """Mark the versions ``hostname`` served as no longer live (a clean worker shutdown).
 
-        The rows stay, stopped (``last_seen_at`` = :data:`~continuum_celery.journal.rules.STOPPED_AT`),
+        The rows stay, stopped (``last_seen_at`` = :data:`~continuum_celery.journal.version_rules.STOPPED_AT`),
         until :meth:`forget_versions` removes them with their version.
         """
 

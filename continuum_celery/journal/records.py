@@ -132,7 +132,7 @@ class StepStart:
     wake_seq: int
     dispatches: list[Dispatch] = field(default_factory=list)
     snapshot_seq: int = 0
-    #: Signals no pending wait took at the claim (at most ``rules.INBOX_BATCH``), for new waits of this step.
+    #: Signals no pending wait took at the claim (at most ``run_rules.INBOX_BATCH``), for new waits of this step.
     inbox: list[InboxSignal] = field(default_factory=list)
 
 

@@ -23,7 +23,7 @@ from ..serialization import dumps
 from ..states import RUNNABLE, TERMINAL
 from .base import Journal
 from .records import Dispatch, NewRun, RunRecord
-from .rules import STOPPED_AT, run_conflict, summarise_versions
+from .run_rules import run_conflict
 from .schema import (
     runs,
     workflow_versions,
@@ -36,6 +36,7 @@ from .sql_reads import ReadsMixin
 from .sql_steps import StepsMixin
 from .sql_sweep import SweepMixin, _state_is, due_runs_where, expired_runs_where
 from .sql_tasks import TasksMixin
+from .version_rules import STOPPED_AT, summarise_versions
 
 
 class SQLJournal(StepsMixin, SweepMixin, TasksMixin, LinksMixin, ReadsMixin, Journal):

@@ -32,12 +32,13 @@ from ..events import Event, Kind
 from ..serialization import dumps, loads
 from ..states import TERMINAL
 from .records import ActivityClaim, Dispatch, Lease, NewRun, RunRecord
-from .rules import DEADLINE_COMMAND, close_in, lease_lost, started_payload
+from .run_rules import DEADLINE_COMMAND, lease_lost, started_payload
 from .schema import (
     check_schema,
     runs,
 )
 from .sql_statements import PIPELINED, Clock, StepStatements
+from .task_rules import close_in
 
 #: Where a connection in a pipelined transaction keeps its psycopg pipeline.
 PIPELINE_KEY = "continuum_pipeline"

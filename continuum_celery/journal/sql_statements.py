@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..states import RUNNABLE, TERMINAL
-from .rules import CHILD_OUTCOMES
+from .run_rules import CHILD_OUTCOMES
 from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, signals, snapshots, timers
 
 #: SQLite's clock in SQLAlchemy's stored datetime text (SQLite gives milliseconds; the zeros pad to micro).

@@ -20,22 +20,14 @@ from ..snapshots import due as snapshot_due
 from ..snapshots import encode as encode_snapshot
 from ..snapshots import extend as extend_snapshot
 from .records import CompletedAttempt, Dispatch, Inline, Lease, NewRun, StepResult, StepStart
-from .rules import (
+from .run_rules import (
     INBOX_BATCH,
-    SCHEDULE_KINDS,
-    TaskSpec,
-    cancelled_task_outcome,
     child_outcome,
     child_run,
-    claim_of,
     continued_run,
     ending,
     inline_attempt_lost,
-    orphaned_attempt_error,
     renewal_refused,
-    task_id,
-    task_outcome,
-    task_spec,
     timed_out,
     wait_deadline,
 )
@@ -50,6 +42,16 @@ from .sql_base import (
     run_record,
 )
 from .sql_tasks import TasksMixin
+from .task_rules import (
+    SCHEDULE_KINDS,
+    TaskSpec,
+    cancelled_task_outcome,
+    claim_of,
+    orphaned_attempt_error,
+    task_id,
+    task_outcome,
+    task_spec,
+)
 
 
 def _waits_or_reuses(cmd: NewEvent) -> bool:

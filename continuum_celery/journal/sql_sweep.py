@@ -30,9 +30,10 @@ import sqlalchemy as sa
 
 from ..states import RUNNABLE
 from .records import Dispatch
-from .rules import REDISPATCH_BACKOFF_CAP, expired_attempt_error
+from .run_rules import REDISPATCH_BACKOFF_CAP
 from .schema import activity_tasks, runs
 from .sql_tasks import TasksMixin
+from .task_rules import expired_attempt_error
 
 #: Due rows counted at most per kind for the ``due_backlog`` figure, so counting stays bounded.
 BACKLOG_COUNT_LIMIT = 10_000

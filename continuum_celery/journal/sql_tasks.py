@@ -14,15 +14,7 @@ from ..events import Kind
 from ..serialization import dumps, loads
 from ..states import TERMINAL
 from .records import ActivityClaim, ActivityOutcome, Dispatch
-from .rules import (
-    DEADLINE_COMMAND,
-    attempt_liveness,
-    close_in,
-    heartbeat_lease,
-    may_retry_within,
-    retry_delay,
-    schedule_to_close_error,
-)
+from .run_rules import DEADLINE_COMMAND
 from .schema import (
     activity_results,
     activity_tasks,
@@ -33,6 +25,14 @@ from .schema import (
 )
 from .sql_base import (
     SQLBase,
+)
+from .task_rules import (
+    attempt_liveness,
+    close_in,
+    heartbeat_lease,
+    may_retry_within,
+    retry_delay,
+    schedule_to_close_error,
 )
 
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from continuum_celery.cli import main as cli
-from continuum_celery.journal.rules import STOPPED_AT
+from continuum_celery.journal.version_rules import STOPPED_AT
 from tests.support import rabbit
 from tests.support.stack import Stack, on_each_broker, wait_until
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from continuum_celery.journal.base import Journal
 from continuum_celery.journal.records import Dispatch
-from continuum_celery.journal.rules import REDISPATCH_BACKOFF_CAP
+from continuum_celery.journal.run_rules import REDISPATCH_BACKOFF_CAP
 
 from .support import ACTIVITY, activity, claim, commit, replay, start, timer
 

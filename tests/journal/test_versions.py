@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from continuum_celery.journal.base import Journal
-from continuum_celery.journal.rules import STOPPED_AT, stale_versions
+from continuum_celery.journal.version_rules import STOPPED_AT, stale_versions
 
 from .support import WORKFLOW, claim, replay, start
 

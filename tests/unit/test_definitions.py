@@ -11,7 +11,7 @@ import pytest
 from continuum_celery import RetryPolicy, activity, workflow
 from continuum_celery.definitions import get_activity, get_workflow
 from continuum_celery.errors import DefinitionError, UnknownWorkflow
-from continuum_celery.journal.rules import retry_delay
+from continuum_celery.journal.task_rules import retry_delay
 
 
 def unique(prefix: str) -> str:
