@@ -35,7 +35,7 @@ def running_worker(
 ) -> Iterator[Any]:
     """Run a Celery worker (thread pool), the wake-up pump and a sweep loop until the block ends.
 
-    With ``metrics_port`` set, the engine's Prometheus exporter serves for as long (``engine.metrics``).
+    With ``metrics_port`` set, the engine's Prometheus exporter serves for as long (``engine.threads.metrics``).
     """
     from celery.contrib.testing.worker import start_worker
 
@@ -50,9 +50,9 @@ def running_worker(
         engine.app, pool="threads", concurrency=concurrency, perform_ping_check=False, shutdown_timeout=10
     ) as worker:
         engine.record_versions()
-        engine.start_pump()
-        engine.start_heartbeat()
-        engine.start_metrics()
+        engine.threads.start_pump()
+        engine.threads.start_heartbeat()
+        engine.threads.start_metrics()
         sweeper = threading.Thread(target=sweep_loop, name="continuum-embedded-sweep", daemon=True)
         sweeper.start()
         try:
@@ -60,10 +60,10 @@ def running_worker(
         finally:
             stop.set()
             sweeper.join(timeout=5)
-            engine.stop_pump()
+            engine.threads.stop_pump()
             engine.stop_watch()
-            engine.stop_heartbeat()
-            engine.stop_metrics()
+            engine.threads.stop_heartbeat()
+            engine.threads.stop_metrics()
             engine.cache.clear()
 
 

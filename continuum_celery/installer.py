@@ -1,58 +1,47 @@
 """``Continuum(app, ...)``: install the engine into any Celery app.
 
-It registers the internal tasks, a beat entry for the sweep, worker hooks
-(dispose inherited database connections after fork, record loaded workflow
-versions and start the wake-up pump at boot) and a client for starting runs.
+The engine composes its parts from the settings (journal, stepper, dispatcher,
+wake-ups, notifier, client), builds the ones that hold connections lazily, in
+the process that uses them, and registers itself as the current engine. What it
+adds to the Celery app is in :mod:`.wiring`; the threads a worker process runs
+beside its tasks are in :mod:`.lifecycle`.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from celery import signals
 from celery.canvas import Signature
-from celery.utils.log import current_process_index
 
 from . import runtime
 from .cache import ExecutionCache
 from .canvas import CanvasSender
 from .client import Client, JournalRunHandle
 from .config import Settings
-from .dispatch import CANVAS_WORKFLOW, START_TASK, SWEEP_TASK, Dispatcher
-from .errors import ConfigurationError, InvalidArgument
+from .dispatch import START_TASK, Dispatcher
+from .errors import InvalidArgument
 from .ids import validate_run_id
 from .journal.base import Journal
 from .journal.sql import SQLJournal
 from .leases import LeaseRenewer
+from .lifecycle import ProcessThreads
 from .notify import LocalNotifier, Notifier, RedisNotifier
 from .redis_guard import guarded_redis
-from .routing import (
-    Periodic,
-    VersionHeartbeat,
-    base_queue,
-    consume_engine_queues,
-    log_worker_plan,
-    report_unknown_versions,
-)
+from .routing import report_unknown_versions
 from .serialization import check_json
 from .stepper import Stepper
-from .tasks import emit_sweep, register_tasks, timed
+from .tasks import emit_sweep, timed
 from .versioning import registry as workflow_registry
-from .wakeups import LocalWakeups, RedisWakeups, WakeupPump, Wakeups
+from .wakeups import LocalWakeups, RedisWakeups, Wakeups
+from .wiring import wire
 
 if TYPE_CHECKING:
     from celery import Celery
-
-    from .metrics import PrometheusMetrics
-
-log = logging.getLogger(__name__)
-
 
 
 class Continuum(runtime.Runtime):
@@ -105,25 +94,11 @@ class Continuum(runtime.Runtime):
             task_events=lambda: self.task_events,
             hostname=lambda: self.hostname,
         )
-        self._pump: WakeupPump | None = None
-        self._heartbeat: VersionHeartbeat | None = None
-        self._worker_sweep: Periodic | None = None
         self._stepper: Stepper | None = None
         self._unwatch: Callable[[], None] | None = None
-        self.metrics: PrometheusMetrics | None = None
-        register_tasks(app, self)
-        app.conf.beat_schedule = {
-            **(app.conf.beat_schedule or {}),
-            f"continuum-sweep-{self.settings.name}": {
-                "task": SWEEP_TASK,
-                "schedule": self.settings.sweep_interval,
-                **({"options": {"queue": self.settings.queue}} if self.settings.queue else {}),
-            },
-        }
-        if self.settings.queue:
-            routes = {f"continuum.{n}": {"queue": self.settings.queue} for n in ("replay", "start", "sweep")}
-            app.conf.task_routes = [routes, *(_as_list(app.conf.task_routes))]
-        self._connect_signals()
+        #: This process's background threads (pump, heartbeat, worker sweep, metrics exporter).
+        self.threads = ProcessThreads(self)
+        wire(app, self)
         runtime.install(self, self.settings.name)
 
     # ---- lazily built parts (after fork, in the process that uses them) -------------------
@@ -250,162 +225,17 @@ class Continuum(runtime.Runtime):
         ]
         self.dispatcher.send(self.journal.upsert_versions(self.hostname, served))
 
-    def start_heartbeat(self) -> None:
-        """Refresh this worker's served versions every ``version_heartbeat`` seconds (a daemon thread)."""
-        if self._heartbeat is None:
-            self._heartbeat = VersionHeartbeat(self.record_versions, self.settings.version_heartbeat)
-            self._heartbeat.start()
-
-    def stop_heartbeat(self, retract: bool = False) -> None:
-        """Stop the heartbeat; with ``retract``, also mark this worker's versions stopped (a clean shutdown)."""
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
-        if retract:
-            try:
-                self.journal.retract_versions(self.hostname)
-            except Exception:  # the rows then expire after version_ttl
-                log.warning("continuum: could not retract this worker's versions", exc_info=True)
-
-    def start_worker_sweep(self) -> None:
-        """Sweep from this worker every ``worker_sweep_interval`` seconds (jittered; a daemon thread).
-
-        Every worker does, leaderless: a run orphaned by a dead worker resumes once any worker
-        is alive, beat or no beat. Concurrent sweeps split the due rows (``SKIP LOCKED``), and a
-        duplicate message finds its row claimed, so any number of workers and beats is safe.
-        """
-        if self._worker_sweep is None and self.settings.worker_sweep_interval > 0:
-            self._worker_sweep = Periodic(
-                self.sweep_once,
-                self.settings.worker_sweep_interval,
-                name="continuum-worker-sweep",
-                what="worker sweep",
-                jitter=0.5,
-            )
-            self._worker_sweep.start()
-
-    def stop_worker_sweep(self) -> None:
-        if self._worker_sweep is not None:
-            self._worker_sweep.stop()
-            self._worker_sweep = None
-
-    def start_pump(self) -> None:
-        """Start the wake-up pump thread of this process (timers and retries on time)."""
-        if self._pump is None:
-            self._pump = WakeupPump(self.wakeups, self.dispatcher.dispatch_member)
-            self._pump.start()
-
-    def stop_pump(self) -> None:
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
-
-    def start_metrics(self, offset: int = 0) -> int | None:
-        """Serve this process's Prometheus metrics on ``metrics_port + offset``, if ``metrics_port`` is set.
-
-        Idempotent. Returns the bound port (``metrics_port=0`` binds any free one), or None when off.
-
-        Raises:
-            ConfigurationError: prometheus-client is missing or the port cannot be bound.
-        """
-        port = self.settings.metrics_port
-        if port is None:
-            return None
-        if self.metrics is None:
-            from .metrics import enable_prometheus
-
-            self.metrics = enable_prometheus(port + offset if port else 0, addr=self.settings.metrics_addr)
-            bound = self.metrics.serve(0)  # already serving: returns the bound port
-            log.info("continuum: Prometheus metrics on http://%s:%s/metrics", self.settings.metrics_addr, bound)
-        return self.metrics.serve(0)
-
-    def stop_metrics(self) -> None:
-        """Stop serving and counting metrics in this process."""
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
-
-    def _connect_signals(self) -> None:
-        def after_fork(sender: Any = None, **_: Any) -> None:
-            # Celery passes the worker's node name: leases then name a node that `inspect ping` answers for.
-            if isinstance(sender, str) and sender:
-                self.hostname = sender
-            # Connections inherited from the parent must not be shared with it.
-            if self._journal is not None and isinstance(self._journal, SQLJournal):
-                self._journal.engine.dispose(close=False)
-            self._redis = None
-            self.wakeups = self._make_wakeups()
-            self.notifier = self._make_notifier()
-            self.dispatcher.wakeups = self.wakeups
-            self._stepper = None
-            self._unwatch = None  # the parent's watch thread did not survive the fork
-            if self.metrics is not None:  # the parent's exporter; its server thread did not survive the fork
-                self.metrics.uninstall()
-                self.metrics = None
-            self.start_metrics(current_process_index(base=0) or 0)
-
-        def on_init(sender: Any = None, **_: Any) -> None:
-            if _app_of(sender) is not self.app:
-                return
-            # Pool children inherit this: they send the task events of the runs they end.
-            self.task_events = bool(getattr(sender, "task_events", self.task_events))
-            self.load_workflow_modules()
-            routed = self.settings.version_routing
-            hashes = {h for _, h in workflow_registry.served()} if routed else set()
-            consume_engine_queues(self.app, base_queue(self.app, self.settings.queue), hashes)
-            try:
-                self.journal  # noqa: B018 - opening the journal checks its schema
-            except ConfigurationError as exc:
-                # Fail in the main process, before the pool starts: a worker on an unusable
-                # journal would take tasks off the queue and drop them.
-                raise SystemExit(f"continuum: the worker cannot start: {exc}") from exc
-
-        def on_ready(sender: Any = None, **_: Any) -> None:
-            if _app_of(sender) is not self.app:
-                return
-            self.hostname = getattr(sender, "hostname", None) or self.hostname
-            # The built-in durable-canvas workflow is on every worker: the plan names the user's.
-            served = [(d.name, d.version, h) for d, h in workflow_registry.served() if d.name != CANVAS_WORKFLOW]
-            log_worker_plan(self.app, base_queue(self.app, self.settings.queue), served)
-            try:
-                self.record_versions()
-            except ConfigurationError:
-                log.error("continuum: the journal is not usable; run `continuum migrate`", exc_info=True)
-                raise
-            self.start_pump()
-            self.start_heartbeat()
-            self.start_worker_sweep()
-            if not _forks_children(getattr(sender, "pool", None)):
-                self.start_metrics()  # thread or green pools run tasks in this process
-
-        def on_shutdown(sender: Any = None, **_: Any) -> None:
-            self.stop_pump()
-            self.stop_watch()
-            if _app_of(sender) is self.app:
-                self.stop_worker_sweep()
-                self.stop_heartbeat(retract=True)
-
-        signals.worker_process_init.connect(after_fork, weak=False)
-        signals.worker_init.connect(on_init, weak=False)
-        signals.worker_ready.connect(on_ready, weak=False)
-        signals.worker_shutdown.connect(on_shutdown, weak=False)
-
-
-def _app_of(sender: Any) -> Any:
-    return getattr(sender, "app", None)
-
-
-def _forks_children(pool: Any) -> bool:
-    """Whether ``pool`` runs tasks in child processes (which then serve their own metrics)."""
-    from celery.concurrency.prefork import TaskPool
-
-    return isinstance(pool, TaskPool)
-
-
-def _as_list(routes: Any) -> list[Any]:
-    if not routes:
-        return []
-    return list(routes) if isinstance(routes, (list, tuple)) else [routes]
+    def after_fork(self) -> None:
+        """Drop what a forked pool child inherited: database and Redis connections, the stepper, the watch."""
+        # Connections inherited from the parent must not be shared with it.
+        if self._journal is not None and isinstance(self._journal, SQLJournal):
+            self._journal.engine.dispose(close=False)
+        self._redis = None
+        self.wakeups = self._make_wakeups()
+        self.notifier = self._make_notifier()
+        self.dispatcher.wakeups = self.wakeups
+        self._stepper = None
+        self._unwatch = None  # the parent's watch thread did not survive the fork
 
 
 def current(name: str | None = None) -> Continuum:

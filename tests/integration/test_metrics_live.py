@@ -75,8 +75,8 @@ def embedded(fresh_pg_url: str) -> Iterator[Continuum]:
 
 def test_exporter_counts_a_workflow_run_by_the_embedded_engine(embedded: Continuum) -> None:
     with running_worker(embedded):
-        assert embedded.metrics is not None
-        port = embedded.metrics.serve(0)
+        assert embedded.threads.metrics is not None
+        port = embedded.threads.metrics.serve(0)
         before = scrape(port)
         assert before is not None
         assert value(before, "continuum_timers_fired_total") == 0

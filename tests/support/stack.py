@@ -288,7 +288,7 @@ class Stack:
         for proc in self.procs:
             proc.stop(timeout=15)
         if self.engine is not None:
-            self.engine.stop_pump()
+            self.engine.threads.stop_pump()
             self.engine.stop_watch()
             self.engine.journal.close()
         client = redis_lib.Redis.from_url(self.redis_url)

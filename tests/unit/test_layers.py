@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["journal.*"],
     ["leases", "redis_guard", "wakeups", "notify", "routing", "cache", "publisher", "dispatch", "canvas"],
     ["supervisor", "executor", "stepper", "client"],
-    ["tasks", "installer"],
+    ["tasks", "lifecycle", "wiring", "installer"],
     ["celeryconfig", "app", "embedded", "durable"],
     ["<root>"],
     ["examples.*"],
