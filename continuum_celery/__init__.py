@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime
+from .activities import ActivityDefinition, RetryPolicy, activity
 from .activity_context import ActivityInfo, activity_info, heartbeat
 from .context import WorkflowContext
-from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, activity, workflow
 from .durable import durable
 from .errors import (
     ActivityCancelled,
@@ -42,6 +42,7 @@ from .errors import (
 from .futures import ActivityFuture, ChildHandle
 from .installer import Continuum
 from .runtime import RunHandle
+from .workflows import WorkflowDefinition, workflow
 
 __all__ = [
     # defining workflows

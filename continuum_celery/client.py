@@ -21,7 +21,7 @@ from .runtime import RunHandle
 from .serialization import check_json, roundtrip
 
 if TYPE_CHECKING:
-    from .definitions import WorkflowDefinition
+    from .workflows import WorkflowDefinition
 
 
 class EngineParts(Protocol):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
-from .definitions import ActivityDefinition, RetryPolicy, WorkflowDefinition, get_activity
+from .activities import ActivityDefinition, RetryPolicy, get_activity
 from .errors import ContinuumError, InvalidArgument
 from .events import Kind
 from .futures import ActivityFuture, ChildHandle, Future
@@ -24,6 +24,7 @@ from .replay import ContinueAsNewRequest, Execution
 from .saga import Saga
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_json, roundtrip
 from .telemetry import run_logger
+from .workflows import WorkflowDefinition
 
 T = TypeVar("T")
 

@@ -29,10 +29,11 @@ from typing import Any
 
 from celery.canvas import Signature
 
-from .definitions import DEFAULT_RETRY, RetryPolicy, get_workflow, workflow
+from .activities import DEFAULT_RETRY, RetryPolicy
 from .dispatch import CANVAS_WORKFLOW, START_TASK
 from .errors import InvalidArgument
 from .serialization import check_json, roundtrip
+from .workflows import get_workflow, workflow
 
 #: Signature options a durable canvas keeps; every other one is refused.
 KEPT_OPTIONS = frozenset({"queue"})

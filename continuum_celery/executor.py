@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import telemetry, tracing
-from .definitions import get_activity
+from .activities import get_activity
 from .dispatch import Dispatcher
 from .errors import PayloadError
 from .journal.base import Journal

@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from . import telemetry, tracing
+from .activities import get_activity
 from .cache import ExecutionCache
 from .context import RunInfo, context_factory
-from .definitions import get_activity
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
 from .events import Event, Kind, NewEvent

@@ -96,7 +96,7 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
                 f"continuum.start for {workflow} got {len(args)} positional values; a workflow takes one "
                 "input (in a chain, the previous task's result): pass a single dict."
             )
-        from .definitions import get_workflow
+        from .workflows import get_workflow
 
         defn, input = get_workflow(workflow), args[0] if args else None
         if task.request.called_directly:

@@ -25,8 +25,8 @@ from continuum_celery import (
     get_run,
 )
 from continuum_celery.client import JournalRunHandle
-from continuum_celery.definitions import get_workflow
 from continuum_celery.serialization import DEFAULT_MAX_PAYLOAD_BYTES
+from continuum_celery.workflows import get_workflow
 from tests.chaos.faults import Phases
 from tests.support.flows_chaos import waiter_flow
 from tests.support.stack import Stack, wait_until

@@ -18,13 +18,13 @@ import sqlalchemy as sa
 
 from continuum_celery import InvalidArgument, PayloadError, UnknownWorkflow, activity, installer, runtime, workflow
 from continuum_celery.context import RunInfo, context_factory
-from continuum_celery.definitions import get_workflow
 from continuum_celery.dispatch import START_TASK
 from continuum_celery.embedded import embedded_app
 from continuum_celery.errors import RunNotFound
 from continuum_celery.journal.schema import metadata, migrate
 from continuum_celery.journal.sql import SQLJournal
 from continuum_celery.replay import Complete, Decision, Fail, replay_history
+from continuum_celery.workflows import get_workflow
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 INFO = RunInfo("run-inputs", "tests.inputs.flow", "hash")

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from continuum_celery import RetryPolicy, activity, workflow
-from continuum_celery.definitions import get_activity, get_workflow
+from continuum_celery.activities import get_activity
 from continuum_celery.errors import DefinitionError, UnknownWorkflow
 from continuum_celery.journal.task_rules import retry_delay
+from continuum_celery.workflows import get_workflow
 
 
 def unique(prefix: str) -> str:

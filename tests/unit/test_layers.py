@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[list[str]] = [
     ["errors", "serialization", "events", "states", "ids"],
     ["config", "telemetry", "tracing", "metrics"],
-    ["hashing", "runtime", "versioning", "definitions", "activity_context"],
+    ["hashing", "runtime", "versioning", "activities", "workflows", "activity_context"],
     ["replay", "futures", "saga", "context", "snapshots"],
     ["journal.*"],
     ["leases", "redis_guard", "wakeups", "notify", "routing", "cache", "publisher", "dispatch", "canvas"],
