@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime
-from .activities import ActivityDefinition, RetryPolicy, activity
+from .activities import ActivityDefinition, BoundActivity, RetryPolicy, activity, activity_options
 from .activity_context import ActivityInfo, activity_info, heartbeat
-from .context import WorkflowContext
+from .context import RunInfo, WorkflowContext
 from .durable import durable
 from .errors import (
     ActivityCancelled,
@@ -41,6 +41,7 @@ from .errors import (
 )
 from .futures import ActivityFuture, ChildHandle
 from .installer import Continuum
+from .replay import ContinueAsNewRequest
 from .runtime import RunHandle
 from .workflows import WorkflowDefinition, workflow
 
@@ -51,9 +52,13 @@ __all__ = [
     "RetryPolicy",
     "ActivityDefinition",
     "WorkflowDefinition",
+    "activity_options",
+    "BoundActivity",
     "WorkflowContext",
+    "RunInfo",
     "ActivityFuture",
     "ChildHandle",
+    "ContinueAsNewRequest",
     # inside an activity
     "activity_info",
     "heartbeat",

@@ -12,15 +12,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .errors import DefinitionError
+from .errors import DefinitionError, InvalidArgument
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How an activity is retried: exponential backoff, bounded.
 
@@ -62,6 +63,16 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+class CeleryTask(Protocol):
+    """A Celery task used as an activity, unchanged (``@app.task``): what continuum reads of it."""
+
+    name: str
+
+    def run(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def apply_async(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class ActivityDefinition(Generic[P, R]):
     """A function registered as an activity; calling it still runs the plain function."""
 
@@ -69,9 +80,10 @@ class ActivityDefinition(Generic[P, R]):
         self,
         fn: Callable[P, R],
         name: str,
-        retry: RetryPolicy,
-        queue: str | None,
-        timeout: float | None,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        queue: str | None = None,
+        timeout: float | None = None,
         heartbeat_timeout: float | None = None,
         schedule_to_close: float | None = None,
     ) -> None:
@@ -90,6 +102,25 @@ class ActivityDefinition(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+    ) -> BoundActivity[P, R]:
+        """This activity with options for one call: ``ctx.run(charge.options(queue="eu"), order_id, cents)``.
+
+        Each option left None keeps the definition's own. See :func:`activity_options`.
+        """
+        return activity_options(self, queue=queue, retry=retry, timeout=timeout, idempotency_key=idempotency_key)
+
+    @overload
+    def compensate(self, fn: F, /) -> F: ...
+    @overload
+    def compensate(self, fn: None = None, /, *, retry: RetryPolicy | None = None) -> Callable[[F], F]: ...
 
     def compensate(self, fn: Callable[..., Any] | None = None, /, *, retry: RetryPolicy | None = None) -> Any:
         """Register the saga undo of this activity; it gets ``(result, *args, **kwargs)``.
@@ -115,6 +146,134 @@ class ActivityDefinition(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<activity {self.name}>"
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Options of one activity call, apart from its arguments; None keeps the activity's own."""
+
+    queue: str | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+
+    def then(self, later: CallOptions) -> CallOptions:
+        """These options with those ``later`` sets on top (what it leaves None stays)."""
+        return CallOptions(
+            queue=later.queue or self.queue,
+            retry=later.retry or self.retry,
+            timeout=later.timeout or self.timeout,
+            idempotency_key=later.idempotency_key or self.idempotency_key,
+        )
+
+
+class BoundActivity(Generic[P, R]):
+    """An activity with options bound for a call (``act.options(...)``); ``ctx.run`` takes it as the activity.
+
+    Typed as the activity it binds: ``ctx.run(charge.options(queue="eu"), ...)`` checks the
+    arguments against ``charge`` and returns what ``charge`` returns.
+    """
+
+    def __init__(self, activity: ActivityDefinition[P, R] | Any, options: CallOptions) -> None:
+        #: The ``@activity`` definition, or the Celery task used as an activity.
+        self.activity = activity
+        self.call_options = options
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+    ) -> BoundActivity[P, R]:
+        """A copy with more options bound on top of these (as Celery's ``signature.set``)."""
+        return activity_options(self, queue=queue, retry=retry, timeout=timeout, idempotency_key=idempotency_key)
+
+    def __repr__(self) -> str:
+        return f"<{self.activity!r} with {self.call_options}>"
+
+
+@overload
+def activity_options(
+    act: ActivityDefinition[P, R] | BoundActivity[P, R],
+    /,
+    *,
+    queue: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
+    idempotency_key: str | None = None,
+) -> BoundActivity[P, R]: ...
+@overload
+def activity_options(
+    act: Any,
+    /,
+    *,
+    queue: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
+    idempotency_key: str | None = None,
+) -> BoundActivity[..., Any]: ...
+
+
+def activity_options(
+    act: Any,
+    /,
+    *,
+    queue: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
+    idempotency_key: str | None = None,
+) -> BoundActivity[..., Any]:
+    """An activity (an ``@activity``, or a Celery task used as one) with options for one call.
+
+    ``ctx.run`` and ``ctx.start_activity`` take the result in place of the activity, and
+    give every keyword argument of theirs to the activity itself::
+
+        ctx.run(activity_options(ship, queue="eu"), order_id)   # a plain @app.task
+        ctx.run(charge.options(idempotency_key=key), order_id)  # the same, for an @activity
+
+    Args:
+        queue: Celery queue of this call's attempts (default: the activity's, else the engine's).
+        retry: retry policy of this call (default: the activity's).
+        timeout: start-to-close seconds per attempt (default: the activity's, else the engine's).
+        idempotency_key: a key shared by calls that must run once between them, across runs:
+            the first result recorded under it is the result of every later call with it.
+
+    Raises:
+        InvalidArgument: ``timeout`` is not a positive number of seconds, or ``idempotency_key``
+            is not a non-empty str of at most 200 characters.
+    """
+    target, earlier = (act.activity, act.call_options) if isinstance(act, BoundActivity) else (act, CallOptions())
+    name, _, _ = activity_ref(target)
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+        raise InvalidArgument(f"{name}: options(timeout={timeout!r}): use a positive number of seconds.")
+    if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 200):
+        raise InvalidArgument(
+            f"idempotency_key for {name} must be a non-empty str of at most 200 characters, "
+            f"got {idempotency_key!r}."
+        )
+    return BoundActivity(target, earlier.then(CallOptions(queue, retry, seconds, idempotency_key)))
+
+
+def activity_ref(act: Any) -> tuple[str, ActivityDefinition[Any, Any] | None, Any]:
+    """Name an activity: an ``@activity``, or a plain Celery task used unchanged.
+
+    Returns (name, definition or None, the Celery task or None); a Celery task registered
+    under the name of an ``@activity`` takes that definition's options.
+
+    Raises:
+        InvalidArgument: ``act`` is neither.
+    """
+    if isinstance(act, ActivityDefinition):
+        return act.name, act, None
+    if hasattr(act, "name") and hasattr(act, "run") and callable(getattr(act, "apply_async", None)):
+        return str(act.name), get_activity(str(act.name)), act
+    raise InvalidArgument(
+        f"{act!r} is not an activity: decorate it with @activity (or pass a Celery @app.task).",
+        value=repr(act),
+    )
 
 
 _activities: dict[str, ActivityDefinition[Any, Any]] = {}
@@ -201,7 +360,15 @@ def activity(
         seconds = positive_seconds("timeout", timeout)
         beat = positive_seconds("heartbeat_timeout", heartbeat_timeout)
         close = positive_seconds("schedule_to_close", schedule_to_close)
-        defn = ActivityDefinition(f, name or qualified_name(f), retry or DEFAULT_RETRY, queue, seconds, beat, close)
+        defn = ActivityDefinition(
+            f,
+            name or qualified_name(f),
+            retry=retry or DEFAULT_RETRY,
+            queue=queue,
+            timeout=seconds,
+            heartbeat_timeout=beat,
+            schedule_to_close=close,
+        )
         _register_activity(defn)
         return defn
 

@@ -41,7 +41,7 @@ def find_config(config_module: str | None = None) -> ModuleType:
     named = config_module or os.environ.get("CONTINUUM_CELERY_CONFIG") or os.environ.get("CELERY_CONFIG_MODULE")
     if named:
         try:
-            return import_from_cwd(named)
+            return _import(named)
         except ImportError as exc:
             raise ConfigurationError(
                 f"cannot import the Celery configuration module {named!r} ({exc}); check "
@@ -49,11 +49,17 @@ def find_config(config_module: str | None = None) -> ModuleType:
                 "or in the current directory."
             ) from exc
     try:
-        return import_from_cwd(PROJECT_CONFIG)
+        return _import(PROJECT_CONFIG)
     except ModuleNotFoundError as exc:
         if exc.name != PROJECT_CONFIG:  # the project's celeryconfig exists but imports something missing
             raise
-    return import_from_cwd(PACKAGED_CONFIG)
+    return _import(PACKAGED_CONFIG)
+
+
+def _import(name: str) -> ModuleType:
+    """Import ``name`` as ``celery -A`` does, the current directory first."""
+    module: ModuleType = import_from_cwd(name)  # Celery's helper is unannotated
+    return module
 
 
 def describe_config(module: ModuleType) -> str:

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from .activities import ActivityDefinition, RetryPolicy, get_activity
+from .activities import DEFAULT_RETRY, ActivityDefinition, BoundActivity, CallOptions, CeleryTask, activity_ref
 from .errors import ContinuumError, InvalidArgument
 from .events import Kind
 from .futures import ActivityFuture, ChildHandle, Future
@@ -27,6 +27,8 @@ from .telemetry import run_logger
 from .workflows import WorkflowDefinition
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -38,24 +40,6 @@ class RunInfo:
     version_hash: str
     parent_run_id: str | None = None
     correlation_id: str | None = None
-
-
-def activity_ref(act: Any) -> tuple[str, ActivityDefinition[Any, Any] | None, Any]:
-    """Name an activity: an ``@activity``, or a plain Celery task used unchanged.
-
-    Returns (name, definition or None, the Celery task or None).
-
-    Raises:
-        InvalidArgument: ``act`` is neither.
-    """
-    if isinstance(act, ActivityDefinition):
-        return act.name, act, None
-    if hasattr(act, "name") and hasattr(act, "run") and callable(getattr(act, "apply_async", None)):
-        return str(act.name), get_activity(str(act.name)), act
-    raise InvalidArgument(
-        f"{act!r} is not an activity: decorate it with @activity (or pass a Celery @app.task).",
-        value=repr(act),
-    )
 
 
 class WorkflowContext:
@@ -88,40 +72,36 @@ class WorkflowContext:
 
     # ---- activities ------------------------------------------------------------------------
 
+    @overload
     def start_activity(
-        self,
-        act: Any,
-        *args: Any,
-        idempotency_key: str | None = None,
-        retry: RetryPolicy | None = None,
-        queue: str | None = None,
-        timeout: float | timedelta | None = None,
-        **kwargs: Any,
-    ) -> ActivityFuture:
+        self, act: ActivityDefinition[P, R] | BoundActivity[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ActivityFuture[R]: ...
+    @overload
+    def start_activity(self, act: CeleryTask, /, *args: Any, **kwargs: Any) -> ActivityFuture[Any]: ...
+
+    def start_activity(self, act: Any, /, *args: Any, **kwargs: Any) -> ActivityFuture[Any]:
         """Schedule an activity and return a future; ``ctx.gather`` waits on several.
 
-        The option names above are reserved; every other keyword goes to the activity.
+        ``act`` is an ``@activity``, a Celery task, or either with options bound
+        (``act.options(queue=..., retry=..., timeout=..., idempotency_key=...)``); every
+        argument after it goes to the activity.
 
         Raises:
             PayloadError: an argument is not JSON (nothing is scheduled).
         """
-        name, defn, task = activity_ref(act)
+        bound = act if isinstance(act, BoundActivity) else None
+        options = bound.call_options if bound is not None else CallOptions()
+        name, defn, task = activity_ref(bound.activity if bound is not None else act)
         check_json(list(args), f"arguments of activity {name}", self._max_payload)
         check_json(kwargs, f"keyword arguments of activity {name}", self._max_payload)
-        if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 200):
-            raise InvalidArgument(
-                f"idempotency_key for {name} must be a non-empty str of at most 200 characters, "
-                f"got {idempotency_key!r}."
-            )
-        policy = retry or (defn.retry if defn else None) or RetryPolicy()
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        policy = options.retry or (defn.retry if defn else None) or DEFAULT_RETRY
         payload = {
             "args": roundtrip(list(args)),
             "kwargs": roundtrip(kwargs),
-            "queue": queue or (defn.queue if defn else None) or getattr(task, "queue", None),
+            "queue": options.queue or (defn.queue if defn else None) or getattr(task, "queue", None),
             "retry": policy.to_json(),
-            "timeout": seconds or (defn.timeout if defn else None),
-            "idempotency_key": idempotency_key,
+            "timeout": options.timeout or (defn.timeout if defn else None),
+            "idempotency_key": options.idempotency_key,
         }
         if defn is not None:  # only the limits set: older histories stay as they were
             limits = {"heartbeat_timeout": defn.heartbeat_timeout, "schedule_to_close": defn.schedule_to_close}
@@ -132,15 +112,20 @@ class WorkflowContext:
             self._saga.remember(cid, name, {**payload, "retry": undo_retry})
         return ActivityFuture(self._execution, cid, f"activity {name}")
 
-    def run(self, act: Any, *args: Any, **options: Any) -> Any:
+    @overload
+    def run(self, act: ActivityDefinition[P, R] | BoundActivity[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def run(self, act: CeleryTask, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    def run(self, act: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Run an activity durably and return its result (``start_activity(...).result()``).
 
         Raises:
             ActivityFailed: the activity failed on its last attempt.
         """
-        return self.start_activity(act, *args, **options).result()
+        return self.start_activity(act, *args, **kwargs).result()
 
-    def gather(self, futures: Sequence[Future], *, return_exceptions: bool = False) -> list[Any]:
+    def gather(self, futures: Sequence[Future[Any]], *, return_exceptions: bool = False) -> list[Any]:
         """Wait for every future; return results in order.
 
         With ``return_exceptions=True`` a failure takes its place in the list as the
@@ -211,7 +196,7 @@ class WorkflowContext:
         self._execution.receive(cid, name)
         return Future(self._execution, cid, f"signal {name!r}").result()
 
-    def start_child(self, wf: WorkflowDefinition[Any], input: Any = None, *, run_id: str | None = None) -> ChildHandle:
+    def start_child(self, wf: WorkflowDefinition[R], input: Any = None, *, run_id: str | None = None) -> ChildHandle[R]:
         """Start a child run; its end reaches this run as an outcome. Returns its handle.
 
         The child carries this run's correlation id; a child still running when this run

@@ -19,7 +19,7 @@ what follows never runs, and a chord's body never runs either.
 Refused, with an error naming the signature: other signature options (``countdown``, ``eta``,
 ``expires``, ``link``, ``link_error``, ``task_id``, ``priority``, ...: the journal decides
 when a step runs and what follows it), ``chunks`` / ``map`` / ``starmap``, empty chains or
-groups, arguments that are not JSON, and keyword arguments named like activity options.
+groups, and arguments that are not JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from celery.canvas import Signature
 
-from .activities import DEFAULT_RETRY, RetryPolicy
+from .activities import DEFAULT_RETRY, RetryPolicy, activity_options
 from .dispatch import CANVAS_WORKFLOW, START_TASK
 from .errors import InvalidArgument
 from .serialization import check_json, roundtrip
@@ -39,8 +39,6 @@ from .workflows import get_workflow, workflow
 KEPT_OPTIONS = frozenset({"queue"})
 #: What ``wf.s()`` sets itself: how monitors show the start.
 WORKFLOW_OPTIONS = KEPT_OPTIONS | {"argsrepr", "kwargsrepr", "shadow"}
-#: Keyword names ``ctx.start_activity`` reserves for itself.
-RESERVED_KWARGS = frozenset({"idempotency_key", "retry", "queue", "timeout"})
 
 
 def durable(
@@ -108,12 +106,6 @@ def _task_plan(sig: Signature) -> dict[str, Any]:
             "immutable": bool(sig.immutable),
         }
     _refuse_options(sig, KEPT_OPTIONS)
-    reserved = RESERVED_KWARGS.intersection(kwargs)
-    if reserved:
-        raise InvalidArgument(
-            f"durable(): {sig!r} passes {sorted(reserved)}, names a durable step reserves for its own options; "
-            "rename the task's parameters."
-        )
     return {
         "kind": "task",
         "name": sig.task,
@@ -173,15 +165,14 @@ class _Runner:
         if node["kind"] != "task":
             branch = {**self.spec, "plan": node, "prev": prev, "key": f"{self.key}:{path}"}
             return self.ctx.start_child(canvas_flow, branch)
-        return self.ctx.start_activity(
+        task = activity_options(
             _celery_task(node["name"]),
-            *args,
             idempotency_key=f"{self.key}:{path}",
             retry=self.retry,
             queue=node["queue"],
             timeout=self.spec.get("timeout"),
-            **node["kwargs"],
         )
+        return self.ctx.start_activity(task, *args, **node["kwargs"])
 
 
 def _celery_task(name: str) -> Any:

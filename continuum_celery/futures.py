@@ -8,15 +8,17 @@ into the body's value, or into the exception the body sees.
 from __future__ import annotations
 
 from datetime import timedelta, timezone
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .errors import ActivityFailed, ChildCancelled, ChildFailed, ChildTimeout, InvalidArgument, SignalTimeout
 from .events import Event, Kind
 from .replay import Execution
 
+T = TypeVar("T")
 
-class Future:
-    """Something the body can wait on: an activity, a child run, a timer, a signal."""
+
+class Future(Generic[T]):
+    """Something the body can wait on: an activity, a child run, a timer, a signal; ``T`` is what it gives."""
 
     def __init__(self, execution: Execution, command_id: int, what: str) -> None:
         self._execution = execution
@@ -34,23 +36,24 @@ class Future:
         assert event is not None
         return event
 
-    def result(self) -> Any:
+    def result(self) -> T:
         """Wait for the outcome; return the result or raise the failure."""
-        return outcome_value(self.event())
+        value: T = outcome_value(self.event())
+        return value
 
 
-class ActivityFuture(Future):
+class ActivityFuture(Future[T]):
     """A started activity; ``result()`` waits for it (raises ``ActivityFailed``)."""
 
 
-class ChildHandle(Future):
+class ChildHandle(Future[T]):
     """A started child run; ``result()`` waits for it (raises ``ChildFailed`` / ``ChildCancelled``)."""
 
     def __init__(self, execution: Execution, command_id: int, what: str, run_id: str) -> None:
         super().__init__(execution, command_id, what)
         self.id = run_id
 
-    def result(self, timeout: float | timedelta | None = None) -> Any:
+    def result(self, timeout: float | timedelta | None = None) -> T:
         """Wait for the child's end and return its result.
 
         With ``timeout`` (seconds, journaled as a timer) raise ``ChildTimeout`` if the child has
@@ -67,7 +70,8 @@ class ChildHandle(Future):
         execution = self._execution
         assert execution.now is not None
         fire_at = (execution.now + timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat()
-        timer = Future(execution, execution.command(Kind.TIMER_SCHEDULED, None, {"fire_at": fire_at})[0], "a timer")
+        cid = execution.command(Kind.TIMER_SCHEDULED, None, {"fire_at": fire_at})[0]
+        timer: Future[None] = Future(execution, cid, "a timer")
         execution.wait(lambda: self.done() or timer.done(), self._what)
         if not self.done():
             raise ChildTimeout(

@@ -220,7 +220,7 @@ class RedisNotifier:
         fallback interval; past that the first fallback ``check()`` covers
         the gap.
         """
-        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=False)
         try:
             pubsub.subscribe(channel)
             until = time.monotonic() + self._fallback_interval

@@ -20,14 +20,14 @@ from .context import RunInfo, context_factory
 from .dispatch import Dispatcher
 from .errors import LeaseLost, NondeterminismError
 from .events import Event, Kind, NewEvent
-from .executor import AttemptResult, activity_span, execute, record_attempt, report
+from .executor import activity_span, execute, record_attempt, report
 from .journal.base import Journal
 from .journal.records import ActivityClaim, CompletedAttempt, Inline, StepResult, StepStart
 from .journal.task_rules import task_outcome
 from .leases import LeaseRenewer
 from .notify import Notifier
 from .replay import ContinueAsNew, Decision, Execution
-from .supervisor import Verdict, supervise
+from .supervisor import AttemptResult, Verdict, supervise
 from .versioning import Registry
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,6 @@ TASK_OPTIONS: dict[str, Any] = {
 def register_tasks(app: Celery, engine: TaskEngine) -> None:
     """Define ``continuum.replay``, ``.activity``, ``.start`` and ``.sweep`` on ``app``."""
 
-    @app.task(name=REPLAY_TASK, **TASK_OPTIONS)
     def replay(run_id: str) -> str:
         """Advance a run by one or more replay steps; a run that ended continues its canvas."""
         try:
@@ -71,7 +70,6 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
             engine.canvas.send_due(run_id)
         return state
 
-    @app.task(name=ACTIVITY_TASK, **TASK_OPTIONS)
     def activity(task_id: str, attempt: int) -> str:
         """Run one attempt of an activity or compensation."""
         return run_attempt(
@@ -84,7 +82,6 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
             max_payload_bytes=engine.settings.max_payload_bytes,
         )
 
-    @app.task(name=START_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)
     def start(task: Task, *args: Any, workflow: str, run_id: str | None = None) -> str:
         """Start a run from a Celery canvas; the run's end sends its result where this task's would go.
 
@@ -105,13 +102,16 @@ def register_tasks(app: Celery, engine: TaskEngine) -> None:
         engine.client.start(defn, input, run_id=run_id, message_id=task.request.id, link=link)
         raise Ignore()  # Celery stores no result and continues no canvas: the run's end does (canvas.py)
 
-    # No task events: a sweep every few seconds would bury the runs in a monitor's task list.
-    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0, send_events=False)
     def sweep() -> int:
         """Re-derive and send every due dispatch from the journal."""
         return engine.sweep_once()
 
-    del replay, activity, start, sweep
+    # Celery's decorator is unannotated: called on the typed functions, it registers them as they are.
+    app.task(name=REPLAY_TASK, **TASK_OPTIONS)(replay)
+    app.task(name=ACTIVITY_TASK, **TASK_OPTIONS)(activity)
+    app.task(name=START_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True, max_retries=0)(start)
+    # No task events: a sweep every few seconds would bury the runs in a monitor's task list.
+    app.task(name=SWEEP_TASK, shared=False, ignore_result=True, max_retries=0, send_events=False)(sweep)
 
 
 def timed(fn: Any) -> tuple[Any, float]:

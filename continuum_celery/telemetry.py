@@ -227,7 +227,7 @@ def connect(*events: Any) -> Any:
     return decorator
 
 
-class RunLoggerAdapter(logging.LoggerAdapter):
+class RunLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
     """Prefixes messages with ``[workflow run_id]`` and sets ``run_id``/``workflow`` on records."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:

@@ -29,8 +29,9 @@ class WorkflowDefinition(Generic[R]):
         self,
         fn: Callable[[Any, Any], R],
         name: str,
-        version: int,
-        saga: bool,
+        *,
+        version: int = 1,
+        saga: bool = False,
         compatible_with: tuple[str, ...] = (),
         timeout: float | None = None,
     ) -> None:
@@ -204,7 +205,7 @@ def workflow(
         name = workflow or qualified_name(f)
         compatible = check_compatible_with(compatible_with, f"@workflow {name}")
         seconds = positive_seconds("timeout", timeout, "@workflow")
-        defn = WorkflowDefinition(f, name, version, saga, compatible, seconds)
+        defn = WorkflowDefinition(f, name, version=version, saga=saga, compatible_with=compatible, timeout=seconds)
         workflow_registry.register(defn)
         return defn
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from continuum_celery import SignalTimeout, activity, workflow
+from typing import Any
+
+from continuum_celery import SignalTimeout, WorkflowContext, activity, workflow
 
 
 @activity
@@ -12,13 +14,13 @@ def notify_approver(request_id: str, approver: str) -> str:
 
 
 @activity
-def apply_decision(request_id: str, decision: dict) -> dict:
+def apply_decision(request_id: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Act on the decision."""
     return {"request": request_id, "approved": bool(decision.get("approved")), "by": decision.get("by")}
 
 
 @workflow(workflow="approvals.approval_flow", version=1)
-def approval_flow(ctx, request: dict) -> dict:
+def approval_flow(ctx: WorkflowContext, request: dict[str, Any]) -> dict[str, Any]:
     """Notify, pause, then wait for the ``decision`` signal (or time out and reject)."""
     ctx.run(notify_approver, request["id"], request["approver"])
     ctx.sleep(request.get("grace_seconds", 1))

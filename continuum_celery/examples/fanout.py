@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from continuum_celery import activity, workflow
+from typing import Any
+
+from continuum_celery import WorkflowContext, activity, workflow
 
 
 @activity
@@ -12,19 +14,19 @@ def resize(image: str, width: int) -> str:
 
 
 @activity
-def render_page(title: str, thumbnails: list[str]) -> dict:
+def render_page(title: str, thumbnails: list[str]) -> dict[str, Any]:
     """Render a catalogue page from thumbnails."""
     return {"title": title, "tiles": len(thumbnails)}
 
 
 @workflow(workflow="fanout.page_flow", version=1)
-def page_flow(ctx, spec: dict) -> dict:
+def page_flow(ctx: WorkflowContext, spec: dict[str, Any]) -> dict[str, Any]:
     """Child workflow: render one page."""
     return ctx.run(render_page, spec["title"], spec["thumbnails"])
 
 
 @workflow(workflow="fanout.catalogue_flow", version=1)
-def catalogue_flow(ctx, job: dict) -> dict:
+def catalogue_flow(ctx: WorkflowContext, job: dict[str, Any]) -> dict[str, Any]:
     """Resize every image at once, then hand the page to a child run."""
     futures = [ctx.start_activity(resize, image, job.get("width", 320)) for image in job["images"]]
     thumbnails = ctx.gather(futures)

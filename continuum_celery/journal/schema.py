@@ -39,9 +39,8 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+        stored: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return stored.replace(tzinfo=timezone.utc) if stored.tzinfo is None else stored
 
 
 metadata = sa.MetaData()

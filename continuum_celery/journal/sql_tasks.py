@@ -211,7 +211,7 @@ class TasksMixin(SQLBase):
             return True
         if not run.cancel_journaled:
             return False
-        seqs = dict(
+        seqs: dict[str, int] = dict(
             conn.execute(
                 sa.select(events.c.kind, events.c.seq).where(
                     events.c.run_id == task.run_id,

@@ -73,7 +73,7 @@ def effects_flow(ctx, spec: dict) -> list:
     for i in range(spec.get("steps", 1)):
         key = f"{spec['id']}:{i}"
         act = record_effect_patiently if spec.get("patient") else record_effect
-        out.append(ctx.run(act, key, spec.get("hold", 0.0), idempotency_key=key))
+        out.append(ctx.run(act.options(idempotency_key=key), key, spec.get("hold", 0.0)))
     return out
 
 

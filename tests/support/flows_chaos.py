@@ -114,7 +114,7 @@ def chaos_poison(key: str) -> None:
 def _effects(ctx: Any, spec: dict[str, Any]) -> list[Any]:
     keys = [f"{spec['id']}:{i}" for i in range(spec.get("steps", 1))]
     busy = spec.get("busy", 0.0)
-    return [ctx.run(chaos_effect, key, False, busy, idempotency_key=key) for key in keys]
+    return [ctx.run(chaos_effect.options(idempotency_key=key), key, False, busy) for key in keys]
 
 
 @workflow(workflow="chaos.steps")
@@ -141,16 +141,16 @@ def zombie_step_flow(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
 def zombie_activity_flow(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """One effect whose first attempt holds until released."""
     key = f"{spec['id']}:0"
-    return ctx.run(chaos_effect, key, True, idempotency_key=key)
+    return ctx.run(chaos_effect.options(idempotency_key=key), key, True)
 
 
 @workflow(workflow="chaos.outside_world")
 def outside_world_flow(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """An effect, a durable sleep, a signal wait, another effect."""
-    first = ctx.run(chaos_effect, f"{spec['id']}:0", idempotency_key=f"{spec['id']}:0")
+    first = ctx.run(chaos_effect.options(idempotency_key=f"{spec['id']}:0"), f"{spec['id']}:0")
     ctx.sleep(spec.get("sleep", 1.0))
     payload = ctx.wait_signal("go", timeout=spec.get("signal_timeout", 300))
-    second = ctx.run(chaos_effect, f"{spec['id']}:1", idempotency_key=f"{spec['id']}:1")
+    second = ctx.run(chaos_effect.options(idempotency_key=f"{spec['id']}:1"), f"{spec['id']}:1")
     return {"first": first["key"], "signal": payload, "second": second["key"]}
 
 

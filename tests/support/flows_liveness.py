@@ -33,7 +33,7 @@ def overrun(key: str, seconds: float) -> str:
 @workflow(workflow="tests.liveness.timeout")
 def timeout_flow(ctx, spec: dict) -> dict:
     try:
-        return {"result": ctx.run(overrun, spec["key"], spec["seconds"], idempotency_key=spec["key"])}
+        return {"result": ctx.run(overrun.options(idempotency_key=spec["key"]), spec["key"], spec["seconds"])}
     except ActivityFailed as exc:
         return {"error": exc.error["type"], "message": exc.error["message"], "attempts": exc.attempts}
 
@@ -54,7 +54,7 @@ def cleanup(key: str) -> None:
 @workflow(workflow="tests.liveness.cancel")
 def cancel_flow(ctx, spec: dict) -> str:
     try:
-        return ctx.run(sleeper, spec["key"], spec["seconds"], idempotency_key=spec["key"])
+        return ctx.run(sleeper.options(idempotency_key=spec["key"]), spec["key"], spec["seconds"])
     finally:
         ctx.run(cleanup, spec["key"])  # the body's cleanup, after the cancel reached it
 

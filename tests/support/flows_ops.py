@@ -94,7 +94,7 @@ def flaky(ctx, spec: dict) -> None:
     """An activity that fails and then waits a long back-off before its next attempt."""
     backoff = spec.get("backoff", 3600.0)
     policy = RetryPolicy(max_attempts=3, initial_interval=backoff, backoff=1.0, max_interval=backoff)
-    ctx.run(always_fails, spec.get("reason", "the service is down"), retry=policy)
+    ctx.run(always_fails.options(retry=policy), spec.get("reason", "the service is down"))
 
 
 @workflow(workflow="ops.failing")

@@ -73,7 +73,7 @@ def refused(call: Callable[[Any], Any], max_payload_bytes: int = 1_000_000) -> E
         (lambda ctx: ctx.start_activity(echo, [1, Decimal("2")]), PayloadError, "[0][1] is a decimal.Decimal"),
         (lambda ctx: ctx.run(echo, tag={1: "x"}), PayloadError, "has the key 1 of type int"),
         (lambda ctx: ctx.run(echo, float("nan")), PayloadError, "JSON cannot represent"),
-        (lambda ctx: ctx.run(echo, 1, idempotency_key=""), InvalidArgument, "idempotency_key"),
+        (lambda ctx: ctx.run(echo.options(idempotency_key=""), 1), InvalidArgument, "idempotency_key"),
         (lambda ctx: ctx.run(plain_function, 1), InvalidArgument, "decorate it with @activity"),
         (lambda ctx: ctx.wait_signal(""), InvalidArgument, "non-empty str"),
         (lambda ctx: ctx.wait_signal(7), InvalidArgument, "non-empty str"),

@@ -39,6 +39,12 @@ def test_nested_chains_flatten_and_options_that_map_are_kept() -> None:
     assert plan_of(chord([a.s(1)], b.s()))["kind"] == "chord"
 
 
+def test_keyword_arguments_named_like_call_options_are_the_tasks_own() -> None:
+    # The step's options travel apart from its arguments (activity_options), so no name is reserved.
+    kwargs = {"retry": 3, "queue": "q", "timeout": 1, "idempotency_key": "k"}
+    assert plan_of(a.s(1, **kwargs)) == {**task("t.a", 1), "kwargs": kwargs}
+
+
 @pytest.mark.parametrize(
     "sig, named",
     [
@@ -61,7 +67,5 @@ def test_unmappable_canvases_are_refused_with_the_fix() -> None:
         plan_of(group([]))
     with pytest.raises(InvalidArgument, match="needs a Celery signature"):
         plan_of(a)
-    with pytest.raises(InvalidArgument, match=r"\['retry'\], names a durable step reserves"):
-        plan_of(a.s(1, retry=3))
     with pytest.raises(PayloadError, match="arguments of t.a in durable"):
         plan_of(a.s({1, 2}))

@@ -14,9 +14,13 @@ PUBLIC = {
     "RetryPolicy",
     "ActivityDefinition",
     "WorkflowDefinition",
+    "activity_options",
+    "BoundActivity",
     "WorkflowContext",
+    "RunInfo",
     "ActivityFuture",
     "ChildHandle",
+    "ContinueAsNewRequest",
     # inside an activity
     "activity_info",
     "heartbeat",
