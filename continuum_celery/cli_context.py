@@ -18,13 +18,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
 
 from .config import Settings
 from .errors import (
     ConfigurationError,
     ContinuumError,
     InvalidArgument,
+    JournalError,
+    LeaseLost,
     RunFinished,
     RunNotFound,
 )
@@ -63,14 +64,9 @@ def translate(exc: BaseException) -> click.ClickException | None:
         return CommandFailed(str(exc))
     if isinstance(exc, InvalidArgument):
         return BadInput(str(exc))
-    if isinstance(exc, ConfigurationError):
+    # The journal translates database errors into the tree: unreachable, unmigrated, or a refused statement.
+    if isinstance(exc, ConfigurationError) or (isinstance(exc, JournalError) and not isinstance(exc, LeaseLost)):
         return Unavailable(str(exc))
-    if isinstance(exc, (sa.exc.ArgumentError, sa.exc.NoSuchModuleError)):
-        return Unavailable(f"the database URL is not usable: {exc}")
-    if isinstance(exc, sa.exc.DBAPIError):
-        return Unavailable(
-            f"the journal database failed: {exc.orig}. Check the database URL and that the server is up."
-        )
     if isinstance(exc, ContinuumError):
         return CommandFailed(str(exc))
     return None
@@ -160,8 +156,8 @@ class Operator:
         """The SQL journal (opened on first use; checks the schema is migrated).
 
         Raises:
-            ConfigurationError: a missing SQLite file (none is created) or an unreachable database;
-            SchemaNotMigrated: run ``continuum migrate``.
+            ConfigurationError: a missing SQLite file (none is created); SchemaNotMigrated: run
+            ``continuum migrate``. JournalUnavailable: the database cannot be reached.
         """
         if self._journal is None:
             from .journal.sql import SQLJournal
@@ -179,7 +175,7 @@ class Operator:
         """The journal opened read-only, for commands that only read: it never writes or creates a journal.
 
         Raises:
-            ConfigurationError: no such SQLite file, or an unreachable database; SchemaNotMigrated.
+            ConfigurationError: no such SQLite file; SchemaNotMigrated; JournalUnavailable.
         """
         if self._reader is None:
             from .journal.sql import SQLJournal

@@ -4,7 +4,7 @@
 
     ContinuumError
     ├── ConfigurationError            settings or environment are wrong
-    │   └── SchemaNotMigrated         the database lacks the tables: run `continuum migrate`
+    │   └── SchemaNotMigrated         the database lacks continuum's tables: run `continuum migrate`
     ├── InvalidArgument (ValueError)  bad input at a call site; nothing was written
     │   └── PayloadError (TypeError)  a value is not JSON-serialisable or is too large
     ├── DefinitionError               a @workflow / @activity cannot be defined as written
@@ -13,8 +13,9 @@
     ├── RunNotFound                   no run with that id
     ├── RunConflict                   a run id is already used with other arguments
     ├── RunFinished                   the run is terminal; it takes no signal or cancel
-    ├── JournalError                  the journal refused a write
-    │   └── LeaseLost                 the caller's fencing token is stale; nothing was written
+    ├── JournalError                  the journal database refused a statement
+    │   ├── LeaseLost                 the caller's fencing token is stale; nothing was written
+    │   └── JournalUnavailable        the journal database cannot be reached: refused, lost, timed out
     ├── NondeterminismError           the code no longer reproduces the run's history
     ├── WorkflowFailed                client side: the run ended failed / cancelled
     ├── ActivityCancelled             raised inside an activity by heartbeat(): stop, the attempt is over
@@ -61,11 +62,15 @@ def _rebuild(cls: type[ContinuumError], message: str, fields: dict[str, Any]) ->
 
 
 class ConfigurationError(ContinuumError):
-    """Settings or the environment are wrong (a missing URL, an unreachable server)."""
+    """Settings or the environment are wrong (a missing or unusable URL, a missing extra)."""
 
 
 class SchemaNotMigrated(ConfigurationError):
-    """The journal database lacks continuum tables or is behind the code's migrations."""
+    """The journal database lacks continuum's tables (or a column), or is behind the code's migrations.
+
+    Run ``continuum migrate``. Raised by the check a journal makes when it opens, and by any
+    statement that finds a table or column missing.
+    """
 
 
 class InvalidArgument(ContinuumError, ValueError):
@@ -104,7 +109,7 @@ class RunFinished(ContinuumError):
 
 
 class JournalError(ContinuumError):
-    """The journal refused a write."""
+    """The journal database refused a statement; its own error is the ``__cause__``."""
 
 
 class LeaseLost(JournalError):
@@ -112,6 +117,16 @@ class LeaseLost(JournalError):
 
     run_id: str
     token: int
+
+
+class JournalUnavailable(JournalError):
+    """The journal database cannot be reached: the connection was refused, lost or timed out.
+
+    The journal is usable again once the database is back: its connections are made anew.
+    ``url`` names the database (without its password); the driver's error is the ``__cause__``.
+    """
+
+    url: str
 
 
 class NondeterminismError(ContinuumError):
@@ -210,6 +225,7 @@ __all__ = [
     "DefinitionError",
     "InvalidArgument",
     "JournalError",
+    "JournalUnavailable",
     "LeaseLost",
     "NondeterminismError",
     "PayloadError",

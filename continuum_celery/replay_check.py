@@ -165,7 +165,7 @@ def read_histories(database_url: str, *, workflow: str | None = None, limit: int
     """Read the newest ``limit`` runs (of ``workflow``, if given) and their events, read-only.
 
     Raises:
-        ConfigurationError: the database is unreachable or has no continuum tables.
+        SchemaNotMigrated: the database has no continuum tables. JournalUnavailable: it cannot be reached.
         InvalidArgument: ``limit`` is not positive.
     """
     if limit < 1:

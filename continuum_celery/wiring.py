@@ -15,7 +15,7 @@ from celery import signals
 from celery.utils.log import current_process_index
 
 from .dispatch import CANVAS_WORKFLOW, SWEEP_TASK
-from .errors import ConfigurationError
+from .errors import ConfigurationError, JournalUnavailable
 from .lifecycle import ProcessThreads
 from .routing import base_queue, consume_engine_queues, log_worker_plan
 from .tasks import TaskEngine, register_tasks
@@ -93,7 +93,7 @@ class _WorkerHooks:
         consume_engine_queues(engine.app, queue, hashes)
         try:
             engine.journal  # noqa: B018 - opening the journal checks its schema
-        except ConfigurationError as exc:
+        except (ConfigurationError, JournalUnavailable) as exc:
             # Fail in the main process, before the pool starts: a worker on an unusable
             # journal would take tasks off the queue and drop them.
             raise SystemExit(f"continuum: the worker cannot start: {exc}") from exc
@@ -108,7 +108,7 @@ class _WorkerHooks:
         log_worker_plan(engine.app, base_queue(engine.app, engine.settings.queue), served)
         try:
             engine.record_versions()
-        except ConfigurationError:
+        except (ConfigurationError, JournalUnavailable):
             log.error("continuum: the journal is not usable; run `continuum migrate`", exc_info=True)
             raise
         engine.threads.start_pump()

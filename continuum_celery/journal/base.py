@@ -10,6 +10,9 @@ Invariants every implementation keeps (each has a test in tests/journal):
    completion is dropped.
 5. Everything needed to resume lives here: wake-ups and dispatches are
    re-derivable from ``next_wakeup_at``, task states and ``dispatched_at``.
+
+A database error leaves an adapter as an error of :mod:`continuum_celery.errors`
+(``JournalUnavailable``, ``SchemaNotMigrated``, ``JournalError``), never as its driver's.
 """
 
 

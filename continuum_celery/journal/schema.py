@@ -16,6 +16,7 @@ from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError, SchemaNotMigrated
 from ..states import RUN_STATES
+from .sql_errors import database_errors
 
 #: Alembic's bookkeeping table, named so it never meets an application's own Alembic history.
 VERSION_TABLE = "continuum_alembic_version"
@@ -275,10 +276,15 @@ def head_revision() -> str:
 
 
 def migrate(url: str) -> str:
-    """Apply every pending migration to the database at ``url``; return the head revision."""
+    """Apply every pending migration to the database at ``url``; return the head revision.
+
+    Raises:
+        JournalUnavailable: the database cannot be reached. ConfigurationError: ``url`` is not usable.
+    """
     from alembic import command
 
-    command.upgrade(_alembic_config(url), "head")
+    with database_errors(url):
+        command.upgrade(_alembic_config(url), "head")
     return head_revision()
 
 
@@ -295,14 +301,9 @@ def check_schema(engine: sa.Engine) -> None:
 
     Raises:
         SchemaNotMigrated: with the command that fixes it.
+        JournalUnavailable: the database cannot be reached (on the journal's engine, whose errors are translated).
     """
-    try:
-        found = current_revision(engine)
-    except sa.exc.OperationalError as exc:
-        raise ConfigurationError(
-            f"cannot reach the journal database {engine.url.render_as_string(hide_password=True)}: {exc.orig}. "
-            "Check CONTINUUM_DATABASE_URL and that the server is up."
-        ) from exc
+    found = current_revision(engine)
     head = head_revision()
     if found != head:
         where = engine.url.render_as_string(hide_password=True)

@@ -37,6 +37,7 @@ from .schema import (
     check_schema,
     runs,
 )
+from .sql_errors import database_errors, escaped_error, translate_errors
 from .sql_statements import PIPELINED, Clock, StepStatements
 from .task_rules import close_in
 
@@ -203,7 +204,9 @@ class SQLBase:
         read_only: bool = False,
     ) -> None:
         # Read-only: every write fails, and a missing SQLite file is an error rather than created.
-        self.engine = read_only_engine(url) if read_only else make_engine(url)
+        with database_errors(url):
+            self.engine = read_only_engine(url) if read_only else make_engine(url)
+        translate_errors(self.engine)  # no SQLAlchemy or driver error leaves the adapter
         self.snapshot_every = snapshot_every
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.clock = Clock(self.is_sqlite)
@@ -270,7 +273,7 @@ class SQLBase:
                         finally:
                             del conn.info[PIPELINE_KEY]
                 except psycopg.Error as exc:  # raised by the pipeline's last sync: a queued write, or the COMMIT
-                    raise sa.exc.DBAPIError.instance("COMMIT", None, exc, psycopg.Error) from exc
+                    raise escaped_error(exc, self.engine, "COMMIT") from exc
         finally:
             conn.execution_options(isolation_level=self.engine.dialect.default_isolation_level)
 

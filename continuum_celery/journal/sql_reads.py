@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import ConfigurationError, RunNotFound
+from ..errors import RunNotFound, SchemaNotMigrated
 from ..events import Event
 from ..serialization import loads
 from ..states import TERMINAL
@@ -49,27 +49,24 @@ class ReadsMixin(SQLBase):
         Works on any migrated revision (``replay-check`` reads copies of older deployments).
 
         Raises:
-            ConfigurationError: the database is unreachable or has no continuum tables.
+            SchemaNotMigrated: the database has no continuum tables. JournalUnavailable: it cannot be reached.
         """
-        where = self.engine.url.render_as_string(hide_password=True)
-        try:
-            if current_revision(self.engine) is None:
-                raise ConfigurationError(f"the database {where} has no continuum tables; check the URL.")
-            with self.engine.connect() as conn:
-                query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
-                if workflow:
-                    query = query.where(runs.c.workflow == workflow)
-                records = [run_record(r) for r in conn.execute(query)]
-                by_run: dict[str, list[Event]] = {r.id: [] for r in records}
-                for i in range(0, len(records), HISTORY_BATCH):
-                    ids = [r.id for r in records[i : i + HISTORY_BATCH]]
-                    rows = conn.execute(
-                        sa.select(events).where(events.c.run_id.in_(ids)).order_by(events.c.run_id, events.c.seq)
-                    )
-                    for row in rows:
-                        by_run[row.run_id].append(event_from_row(row))
-        except sa.exc.OperationalError as exc:
-            raise ConfigurationError(f"cannot read the journal database {where}: {exc.orig}") from exc
+        if current_revision(self.engine) is None:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise SchemaNotMigrated(f"the database {where} has no continuum tables; check the URL.", url=where)
+        with self.engine.connect() as conn:
+            query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+            if workflow:
+                query = query.where(runs.c.workflow == workflow)
+            records = [run_record(r) for r in conn.execute(query)]
+            by_run: dict[str, list[Event]] = {r.id: [] for r in records}
+            for i in range(0, len(records), HISTORY_BATCH):
+                ids = [r.id for r in records[i : i + HISTORY_BATCH]]
+                rows = conn.execute(
+                    sa.select(events).where(events.c.run_id.in_(ids)).order_by(events.c.run_id, events.c.seq)
+                )
+                for row in rows:
+                    by_run[row.run_id].append(event_from_row(row))
         return [(r, by_run[r.id]) for r in records]
 
     def run_detail(self, run_id: str, max_events: int | None = None) -> RunDetail:

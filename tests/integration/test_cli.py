@@ -23,6 +23,7 @@ from continuum_celery import Continuum, runtime
 from continuum_celery.cli import main
 from continuum_celery.cli_context import Operator
 from continuum_celery.embedded import embedded_engine, running_worker
+from continuum_celery.errors import JournalError
 from continuum_celery.journal.records import NewRun
 from continuum_celery.journal.schema import head_revision
 from tests.conftest import create_database, drop_database
@@ -441,6 +442,12 @@ def test_unreachable_database_is_a_message_and_exit_3() -> None:
     assert "cannot reach the journal database" in result.output and "Traceback" not in result.output
 
 
+def test_a_database_url_sqlalchemy_cannot_use_is_a_message_and_exit_3() -> None:
+    result = cli(None, "--database-url", "nosuchdialect://somewhere/db", "runs", "list")
+    assert result.exit_code == 3, result.output
+    assert "is not usable" in result.output and "Traceback" not in result.output
+
+
 def test_the_apps_settings_win_over_the_environment(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTINUUM_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/elsewhere")
     listed = as_json(cli(fleet, "runs", "list", "--json", "--state", "failed"))
@@ -533,7 +540,7 @@ def test_read_only_commands_read_through_a_connection_that_refuses_writes(fleet:
     op = Operator(database_url=fleet.url)
     try:
         assert op.reader.get_run(fleet.ids["completed"]).state == "completed"
-        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+        with pytest.raises(JournalError, match="read-only transaction"):
             op.reader.create_run(NewRun(f"ro-{uuid.uuid4().hex[:6]}", "ops.quick", "0" * 16, 1, {}))
     finally:
         op.close()

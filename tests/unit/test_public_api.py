@@ -45,6 +45,7 @@ PUBLIC = {
     "RunConflict",
     "RunFinished",
     "JournalError",
+    "JournalUnavailable",
     "LeaseLost",
     "NondeterminismError",
     "WorkflowFailed",
