@@ -11,7 +11,7 @@ import logging
 import random as _random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -38,6 +38,7 @@ class RunInfo:
     run_id: str
     workflow: str
     version_hash: str
+    _: KW_ONLY
     parent_run_id: str | None = None
     correlation_id: str | None = None
 

@@ -116,7 +116,13 @@ class Stepper:
             return "suspended", False
         cache_hit = execution is not None
         if execution is None:
-            info = RunInfo(run.id, run.workflow, run.version_hash, run.parent_run_id, run.correlation_id)
+            info = RunInfo(
+                run.id,
+                run.workflow,
+                run.version_hash,
+                parent_run_id=run.parent_run_id,
+                correlation_id=run.correlation_id,
+            )
             execution = Execution(
                 defn.fn,
                 run.input,

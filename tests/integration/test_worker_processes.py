@@ -66,3 +66,16 @@ def test_a_worker_refuses_an_unmigrated_database(fresh_pg_url: str, redis_url: s
             engine.dispose()
     finally:
         stack.close()
+
+
+def test_a_worker_refuses_a_database_it_cannot_reach(redis_url: str, tmp_path: Path) -> None:
+    stack = Stack(database_url="postgresql://postgres@127.0.0.1:1/continuum", redis_url=redis_url, tmp=tmp_path)
+    try:
+        proc = stack.worker(wait=False)
+        wait_until(lambda: proc.popen.poll() is not None, 60, "the worker on an unreachable database to exit")
+        log = proc.output()
+        assert proc.popen.returncode != 0, log
+        assert "the worker cannot start: cannot reach the journal database" in log, log
+        assert "ready." not in log
+    finally:
+        stack.close()
