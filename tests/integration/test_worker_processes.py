@@ -49,33 +49,31 @@ def test_a_plain_celery_task_runs_as_an_activity_unchanged(stack: Stack) -> None
     assert plain_double(5) == 10
 
 
-def test_a_worker_refuses_an_unmigrated_database(fresh_pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    stack = Stack(database_url=fresh_pg_url, redis_url=redis_url, tmp=tmp_path)
+def _refusal(database_url: str, redis_url: str, tmp_path: Path) -> str:
+    """The log of a worker started on ``database_url``, which must exit before it is ready."""
+    stack = Stack(database_url=database_url, redis_url=redis_url, tmp=tmp_path)
     try:
         proc = stack.worker(wait=False)
-        wait_until(lambda: proc.popen.poll() is not None, 60, "the worker on an unmigrated database to exit")
+        wait_until(lambda: proc.popen.poll() is not None, 60, "the worker on an unusable journal to exit")
         log = proc.output()
         assert proc.popen.returncode != 0, log
-        assert "continuum migrate" in log, log
         assert "ready." not in log
-        # Nothing was created: the database is as empty as before.
-        engine = sa.create_engine(fresh_pg_url)
-        try:
-            assert sa.inspect(engine).get_table_names() == []
-        finally:
-            engine.dispose()
+        return log
     finally:
         stack.close()
+
+
+def test_a_worker_refuses_an_unmigrated_database(fresh_pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    log = _refusal(fresh_pg_url, redis_url, tmp_path)
+    assert "continuum migrate" in log, log
+    # Nothing was created: the database is as empty as before.
+    engine = sa.create_engine(fresh_pg_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
 
 
 def test_a_worker_refuses_a_database_it_cannot_reach(redis_url: str, tmp_path: Path) -> None:
-    stack = Stack(database_url="postgresql://postgres@127.0.0.1:1/continuum", redis_url=redis_url, tmp=tmp_path)
-    try:
-        proc = stack.worker(wait=False)
-        wait_until(lambda: proc.popen.poll() is not None, 60, "the worker on an unreachable database to exit")
-        log = proc.output()
-        assert proc.popen.returncode != 0, log
-        assert "the worker cannot start: cannot reach the journal database" in log, log
-        assert "ready." not in log
-    finally:
-        stack.close()
+    log = _refusal("postgresql://postgres@127.0.0.1:1/continuum", redis_url, tmp_path)
+    assert "the worker cannot start: cannot reach the journal database" in log, log
