@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .errors import DefinitionError, InvalidArgument
+from .errors import ContinuumError, DefinitionError, InvalidArgument
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -246,9 +246,8 @@ def activity_options(
     """
     target, earlier = (act.activity, act.call_options) if isinstance(act, BoundActivity) else (act, CallOptions())
     name, _, _ = activity_ref(target)
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
-        raise InvalidArgument(f"{name}: options(timeout={timeout!r}): use a positive number of seconds.")
+    # As given: an int stays an int in the journaled payload, as it always was.
+    seconds = positive_seconds(timeout, f"{name}.options(timeout={timeout!r})", InvalidArgument)
     if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 200):
         raise InvalidArgument(
             f"idempotency_key for {name} must be a non-empty str of at most 200 characters, "
@@ -301,15 +300,23 @@ def get_activity(name: str) -> ActivityDefinition[Any, Any] | None:
     return _activities.get(name)
 
 
-def positive_seconds(option: str, value: float | timedelta | None, decorator: str = "@activity") -> float | None:
-    """``value`` (seconds or a timedelta) as float seconds; None stays None.
+def positive_seconds(
+    value: float | timedelta | None, call: str, error: type[ContinuumError] = DefinitionError
+) -> float | None:
+    """``value``, a number of seconds (as given) or a timedelta (in seconds); None stays None.
 
     Raises:
-        DefinitionError: not a positive number of seconds (named as ``decorator(option=value)``).
+        error: ``value`` is not a positive number of seconds; the message names ``call``.
     """
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
-        raise DefinitionError(f"{decorator}({option}={value!r}): use a positive number of seconds.")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+        raise error(f"{call}: use a positive number of seconds.")
+    return seconds
+
+
+def _limit(option: str, value: float | timedelta | None) -> float | None:
+    """An ``@activity`` time limit in float seconds, as definitions store them."""
+    seconds = positive_seconds(value, f"@activity({option}={value!r})")
     return float(seconds) if seconds is not None else None
 
 
@@ -357,17 +364,14 @@ def activity(
     def decorate(f: Callable[..., Any]) -> ActivityDefinition[Any, Any]:
         if not callable(f) or inspect.iscoroutinefunction(f):
             raise DefinitionError(f"@activity needs a plain (non-async) function, got {f!r}.")
-        seconds = positive_seconds("timeout", timeout)
-        beat = positive_seconds("heartbeat_timeout", heartbeat_timeout)
-        close = positive_seconds("schedule_to_close", schedule_to_close)
         defn = ActivityDefinition(
             f,
             name or qualified_name(f),
             retry=retry or DEFAULT_RETRY,
             queue=queue,
-            timeout=seconds,
-            heartbeat_timeout=beat,
-            schedule_to_close=close,
+            timeout=_limit("timeout", timeout),
+            heartbeat_timeout=_limit("heartbeat_timeout", heartbeat_timeout),
+            schedule_to_close=_limit("schedule_to_close", schedule_to_close),
         )
         _register_activity(defn)
         return defn

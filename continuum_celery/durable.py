@@ -29,7 +29,7 @@ from typing import Any
 
 from celery.canvas import Signature
 
-from .activities import DEFAULT_RETRY, RetryPolicy, activity_options
+from .activities import DEFAULT_RETRY, RetryPolicy, activity_options, positive_seconds
 from .dispatch import CANVAS_WORKFLOW, START_TASK
 from .errors import InvalidArgument
 from .serialization import check_json, roundtrip
@@ -62,8 +62,7 @@ def durable(
         InvalidArgument: a signature uses something a durable canvas does not map (see the module doc).
         PayloadError: an argument is not JSON.
     """
-    if timeout is not None and not timeout > 0:
-        raise InvalidArgument(f"durable(timeout={timeout!r}): use a positive number of seconds.")
+    positive_seconds(timeout, f"durable(timeout={timeout!r})", InvalidArgument)
     spec = {"plan": plan_of(sig), "retry": (retry or DEFAULT_RETRY).to_json(), "timeout": timeout}
     return canvas_flow.start(spec, run_id=run_id)
 

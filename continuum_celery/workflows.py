@@ -60,9 +60,7 @@ class WorkflowDefinition(Generic[R]):
             ``timeout`` is not a positive number of seconds.
             RunConflict: ``run_id`` already names a run with another workflow or input.
         """
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
-            raise InvalidArgument(f"{self.name}.start(timeout={timeout!r}): use a positive number of seconds.")
+        seconds = positive_seconds(timeout, f"{self.name}.start(timeout={timeout!r})", InvalidArgument)
         return runtime.current().start_run(
             self, input, run_id=run_id, timeout=float(seconds) if seconds is not None else None
         )
@@ -204,8 +202,15 @@ def workflow(
             raise DefinitionError(f"@workflow(version={version!r}): use a positive integer.")
         name = workflow or qualified_name(f)
         compatible = check_compatible_with(compatible_with, f"@workflow {name}")
-        seconds = positive_seconds("timeout", timeout, "@workflow")
-        defn = WorkflowDefinition(f, name, version=version, saga=saga, compatible_with=compatible, timeout=seconds)
+        seconds = positive_seconds(timeout, f"@workflow(timeout={timeout!r})")
+        defn = WorkflowDefinition(
+            f,
+            name,
+            version=version,
+            saga=saga,
+            compatible_with=compatible,
+            timeout=float(seconds) if seconds is not None else None,
+        )
         workflow_registry.register(defn)
         return defn
 
