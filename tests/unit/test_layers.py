@@ -2,13 +2,16 @@
 
 Imports are read from the source (module level, inside functions, and under
 ``TYPE_CHECKING`` alike), so a lazy import cannot hide an upward edge. The
-layers are the README's Layout section, lowest first; a module may import its
-own layer or a lower one. A new module must be placed in a layer here.
+layers are the README's Layout section, lowest first (a test holds the two
+together); a module may import its own layer or a lower one. A new module must
+be placed in a layer here.
 """
 
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 from pathlib import Path
 
 PACKAGE = "continuum_celery"
@@ -132,3 +135,27 @@ def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None
     path.write_text(source)
     modules = {"client": path, "installer": path, "telemetry": path, "definitions": path}
     assert _imports("definitions", path, modules) == {"client", "installer", "telemetry"}
+
+
+def test_the_readme_layout_lists_every_module_in_layer_order() -> None:
+    block = (ROOT.parent / "README.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
+    listed: list[str] = []
+    for line in block.splitlines():
+        if match := re.match(r"^  (\w+)\.py\b", line):
+            listed.append(match.group(1))
+            listed += [m for m in re.findall(r"\b(cli_\w+)\b", line) if m != match.group(1)]  # cli.py's siblings
+    named = {m for layer in LAYERS for m in layer if not m.endswith(".*") and m != "<root>"}
+    only_readme, only_layers = sorted(set(listed) - named), sorted(named - set(listed))
+    assert not only_readme and not only_layers, f"README only: {only_readme}; LAYERS only: {only_layers}"
+    layers = [_layer_of(m) for m in listed]
+    assert layers == sorted(layers), "the README lists modules out of layer order: " + ", ".join(
+        f"{m} ({n})" for m, n in zip(listed, layers, strict=True)
+    )
+    # The journal's modules are named one by one, or by a pattern such as ``sql*.py``.
+    patterns = re.findall(r"\b([\w*]+)\.py\b", block.split("journal/", 1)[1].split("# 6.", 1)[0])
+    unnamed = [
+        p.stem
+        for p in sorted((ROOT / "journal").glob("*.py"))
+        if p.stem != "__init__" and not any(fnmatch.fnmatch(p.stem, pattern) for pattern in patterns)
+    ]
+    assert not unnamed, f"the README's journal/ line names none of {unnamed}"
