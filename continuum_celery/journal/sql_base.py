@@ -271,11 +271,13 @@ class SQLBase:
                             yield
                             conn.exec_driver_sql("COMMIT", execution_options=_QUEUED)
                         finally:
-                            del conn.info[PIPELINE_KEY]
+                            if not conn.invalidated:  # a lost connection's info goes with it, on reconnect
+                                del conn.info[PIPELINE_KEY]
                 except psycopg.Error as exc:  # raised by the pipeline's last sync: a queued write, or the COMMIT
                     raise escaped_error(exc, self.engine, "COMMIT") from exc
         finally:
-            conn.execution_options(isolation_level=self.engine.dialect.default_isolation_level)
+            if not conn.invalidated:  # touching a lost connection would mask its error with PendingRollbackError
+                conn.execution_options(isolation_level=self.engine.dialect.default_isolation_level)
 
     @contextmanager
     def _single(self) -> Iterator[sa.Connection]:
