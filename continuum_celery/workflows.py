@@ -203,14 +203,8 @@ def workflow(
         name = workflow or qualified_name(f)
         compatible = check_compatible_with(compatible_with, f"@workflow {name}")
         seconds = positive_seconds(timeout, f"@workflow(timeout={timeout!r})")
-        defn = WorkflowDefinition(
-            f,
-            name,
-            version=version,
-            saga=saga,
-            compatible_with=compatible,
-            timeout=float(seconds) if seconds is not None else None,
-        )
+        limit = float(seconds) if seconds is not None else None
+        defn = WorkflowDefinition(f, name, version=version, saga=saga, compatible_with=compatible, timeout=limit)
         workflow_registry.register(defn)
         return defn
 
