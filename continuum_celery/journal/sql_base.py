@@ -150,7 +150,11 @@ def read_only_engine(url: str) -> sa.Engine:
             dbapi_conn.execute("PRAGMA query_only = ON")
 
         return engine
-    return sa.create_engine(url, poolclass=sa.NullPool, connect_args={"options": "-c default_transaction_read_only=on"})
+    engine = sa.create_engine(
+        url, poolclass=sa.NullPool, connect_args={"options": "-c default_transaction_read_only=on"}
+    )
+    sa.event.listen(engine, "after_cursor_execute", _sync_unless_pipelined)  # its transactions pipeline too
+    return engine
 
 
 def run_record(row: Any) -> RunRecord:
