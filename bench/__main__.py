@@ -29,7 +29,7 @@ from bench.report import (
     render_table,
     render_workload_title,
 )
-from bench.rss import DEFAULT_CHECKPOINTS, measure_rss, parse_checkpoints, render_rss
+from bench.rss import DEFAULT_CHECKPOINTS, measure_rss, parse_checkpoints, render_rss, render_rss_header
 from bench.runner import ensure_fresh_database, flush_redis, run_repetition
 from bench.systems import System, all_systems
 from bench.workloads import WORKLOADS, parse_workloads
@@ -263,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         db_name=args.db_name,
         redis_url=args.redis_url,
     )
-    print(render_header(cfg, os.cpu_count(), os.getloadavg()[0]), flush=True)
+    load = os.getloadavg()[0]
+    if args.rss:
+        print(render_rss_header(cfg, args.rss_runs, os.cpu_count(), load), flush=True)
+    else:
+        print(render_header(cfg, os.cpu_count(), load), flush=True)
     try:
         flush_redis(cfg)
     except BenchError as exc:
@@ -273,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="continuum-bench-"))
 
     failed = rss(args, cfg, logs) if args.rss else compare(args, cfg, logs)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\nload average at the end: {load}")
+    print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if failed:
         print(f"\nworker and driver logs: {logs}", file=sys.stderr)
     else:

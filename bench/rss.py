@@ -83,6 +83,15 @@ def measure_rss(system: System, cfg: BenchConfig, logs: Path, checkpoints: Seque
     return readings
 
 
+def render_rss_header(cfg: BenchConfig, checkpoints: Sequence[int], cores: int | None, load: float) -> str:
+    """The settings of an ``--rss`` measurement, in one line."""
+    return (
+        f"RSS of one continuum worker pool after {', '.join(f'{n:,}' for n in checkpoints)} runs: N={cfg.steps}"
+        f" steps, {cfg.workflows} runs in flight, worker concurrency {cfg.concurrency}, {cores or '?'} cores,"
+        f" load {load:.2f}, database {cfg.db_name}, Redis {cfg.redis_url}"
+    )
+
+
 def render_rss(readings: Sequence[Reading], label: str) -> str:
     """Each reading (total and per process) and the growth from the first to the last, against its target."""
     lines = []

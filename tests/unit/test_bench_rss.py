@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.rss import Reading, parse_checkpoints, parse_vmrss_kib, render_rss, sessions_rss_kib
+from bench.config import BenchConfig
+from bench.rss import Reading, parse_checkpoints, parse_vmrss_kib, render_rss, render_rss_header, sessions_rss_kib
 
 STATUS = "Name:\tcelery\nVmPeak:\t  300000 kB\nVmRSS:\t   81234 kB\nThreads:\t4\n"
 
@@ -57,3 +58,7 @@ class TestRender:
     def test_nothing_read(self) -> None:
         text = render_rss([Reading(1000, {}), Reading(10000, {1: 5})], "c")
         assert text.splitlines()[-1] == "c: RSS growth n/a (no process read after 1000 runs)"
+
+    def test_header_names_the_checkpoints(self) -> None:
+        header = render_rss_header(BenchConfig(workflows=200), (1000, 10000), 2, 0.5)
+        assert header.startswith("RSS of one continuum worker pool after 1,000, 10,000 runs: N=10 steps, 200 runs")
