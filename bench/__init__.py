@@ -9,14 +9,17 @@ processes started as subprocesses with the same concurrency.
 Modules, in the order data flows through them:
 
 - ``config``       settings and connection URLs shared by harness and workers
+- ``workloads``    sequential, queued, fanout, timers, and continuum's targets in each
 - ``procs``        starting, readiness-checking and stopping subprocesses
-- ``celery_chain`` plain Celery: a chain of N trivial tasks (and a one-commit variant)
-- ``continuum_flow`` continuum-celery: a workflow of N trivial activities
-- ``dbos_flow``    DBOS Transact: a workflow of N steps
+- ``celery_chain`` plain Celery: chains and chords of N trivial tasks (and a one-commit variant)
+- ``continuum_flow`` continuum-celery: workflows of N trivial activities
+- ``dbos_flow``    DBOS Transact: workflows of N steps
 - ``drive``        the subprocess entry point that submits work and times it
 - ``systems``      one orchestrator per system: prepare, start workers, run phases
 - ``runner``       one repetition: counters around the throughput phase, then latency
 - ``measure``      counters (pg_stat_database, pg_stat_wal, INFO commandstats) and math
+- ``cpu``          CPU time of workers, driver, PostgreSQL and Redis during a phase
+- ``rss``          ``--rss``: worker memory after 1,000 and after 10,000 runs
 - ``profiling``    optional pyinstrument profile of continuum worker processes
-- ``report``       medians across repetitions, the table and the ratios
+- ``report``       medians across repetitions, the tables and the ratios against the targets
 """

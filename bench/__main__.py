@@ -1,14 +1,16 @@
-"""``python -m bench``: measure every selected system and print the table and ratios.
+"""``python -m bench``: measure every selected system in every selected workload; print tables and ratios.
 
 Example::
 
     python -m bench --steps 10 --workflows 200 --concurrency 2 --repetitions 3
-    python -m bench --only celery,dbos --workflows 50 --repetitions 1
+    python -m bench --only celery,dbos --workloads sequential,fanout --workflows 50 --repetitions 1
+    python -m bench --rss            # continuum worker RSS after 1,000 and after 10,000 runs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -19,11 +21,22 @@ from pathlib import Path
 from bench import config
 from bench.config import BenchConfig
 from bench.procs import BenchError
-from bench.report import FOOTNOTE, Outcome, render_header, render_ratios, render_table
+from bench.report import (
+    FOOTNOTE,
+    Outcome,
+    render_header,
+    render_ratios,
+    render_table,
+    render_workload_title,
+)
+from bench.rss import DEFAULT_CHECKPOINTS, measure_rss, parse_checkpoints, render_rss, render_rss_header
 from bench.runner import ensure_fresh_database, flush_redis, run_repetition
 from bench.systems import System, all_systems
+from bench.workloads import WORKLOADS, parse_workloads
 
 DEFAULT_ONLY = "celery,continuum,dbos"
+#: What ``--rss`` measures unless ``--workloads`` says otherwise.
+DEFAULT_RSS_WORKLOAD = "sequential"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -60,6 +73,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated systems among: {known} (default: %(default)s)",
     )
     parser.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma-separated workloads among: {', '.join(WORKLOADS)} (default: all; with --rss: "
+        f"{DEFAULT_RSS_WORKLOAD})",
+    )
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="instead of the comparison: continuum worker RSS after each of --rss-runs runs, in one worker lifetime",
+    )
+    parser.add_argument(
+        "--rss-runs",
+        default=",".join(str(n) for n in DEFAULT_CHECKPOINTS),
+        help="with --rss: the run counts at which RSS is read (default: %(default)s)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also profile continuum workers (pyinstrument) and print top costs",
@@ -88,51 +117,67 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for option in ("steps", "workflows", "concurrency", "repetitions"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
+    default_workloads = DEFAULT_RSS_WORKLOAD if args.rss else ",".join(WORKLOADS)
+    try:
+        args.workloads = parse_workloads(args.workloads or default_workloads)
+        args.rss_runs = parse_checkpoints(args.rss_runs)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
-def measure(systems: Sequence[System], cfg: BenchConfig, logs: Path) -> list[Outcome]:
-    """Every repetition of every system, or the reason one was skipped or failed.
+def prepare(systems: Sequence[System], cfg: BenchConfig, logs: Path) -> dict[str, str]:
+    """Prepare every available system once; returns why each of the others is skipped."""
+    skipped: dict[str, str] = {}
+    for system in systems:
+        reason = system.unavailable()
+        if reason is None:
+            try:
+                system.prepare(cfg, logs)
+            except BenchError as exc:
+                reason = f"could not be prepared: {exc}"
+        if reason:
+            skipped[system.name] = reason
+            print(f"{system.label}: skipped ({reason})", flush=True)
+    return skipped
+
+
+def measure(systems: Sequence[System], cfg: BenchConfig, logs: Path, skipped: dict[str, str]) -> list[Outcome]:
+    """Every repetition of every system in ``cfg.workload``, or the reason one was skipped or failed.
 
     Repetitions are interleaved (round i of every system before round i + 1), so a
     machine that speeds up or slows down during the run weighs on every system alike
     and the ratios compare like with like.
     """
-    outcomes = {system.name: Outcome(system.name, system.label) for system in systems}
+    outcomes = {s.name: Outcome(s.name, s.label_for(cfg.workload)) for s in systems}
     active: list[System] = []
     for system in systems:
-        outcome = outcomes[system.name]
-        reason = system.unavailable()
+        reason = skipped.get(system.name) or system.unsupported(cfg.workload)
         if reason:
-            outcome.skipped = reason
-            print(f"{system.label}: skipped ({reason})", flush=True)
-            continue
-        try:
-            system.prepare(cfg, logs)
+            outcomes[system.name].skipped = reason
+            if system.name not in skipped:
+                print(f"{outcomes[system.name].label}: n/a in {cfg.workload} ({reason})", flush=True)
+        else:
             active.append(system)
-        except BenchError as exc:
-            _fail(system, outcome, exc)
     for i in range(cfg.repetitions):
         for system in list(active):
             outcome = outcomes[system.name]
             try:
                 rep = run_repetition(system, cfg, logs)
             except BenchError as exc:
-                _fail(system, outcome, exc)
+                outcome.failed = str(exc)
+                print(f"{outcome.label}: failed in {cfg.workload} ({exc})", flush=True)
                 active.remove(system)
                 continue
             outcome.repetitions.append(rep)
             p50 = "-" if rep.p50_ms is None else f"{rep.p50_ms:.1f} ms"
+            cpu = "-" if rep.cpu_ms_per_step is None else f"{rep.cpu_ms_per_step:.2f}"
             print(
-                f"{system.label}: repetition {i + 1}/{cfg.repetitions}: {rep.steps_per_s:.1f} steps/s, p50 {p50}",
+                f"{outcome.label} [{cfg.workload}]: repetition {i + 1}/{cfg.repetitions}: "
+                f"{rep.steps_per_s:.1f} steps/s, p50 {p50}, CPU {cpu} ms/step",
                 flush=True,
             )
     return [outcomes[system.name] for system in systems]
-
-
-def _fail(system: System, outcome: Outcome, exc: BenchError) -> None:
-    outcome.failed = str(exc)
-    print(f"{system.label}: failed ({exc})", flush=True)
 
 
 def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> tuple[str, bool]:
@@ -160,6 +205,50 @@ def profile_continuum(system: System, cfg: BenchConfig, logs: Path) -> tuple[str
     return top_costs(profile_dir), False
 
 
+def compare(args: argparse.Namespace, cfg: BenchConfig, logs: Path) -> bool:
+    """The comparison: a table and ratio lines per workload. Returns whether something failed."""
+    systems = all_systems()
+    selected = [systems[name] for name in args.only]
+    skipped = prepare(selected, cfg, logs)
+    failed = False
+    for name in args.workloads:
+        workload_cfg = dataclasses.replace(cfg, workload=name)
+        print(f"\n{render_workload_title(WORKLOADS[name])}", flush=True)
+        outcomes = measure(selected, workload_cfg, logs, skipped)
+        failed = failed or any(o.failed for o in outcomes)
+        print()
+        print(render_table(outcomes))
+        print()
+        print(render_ratios(outcomes, WORKLOADS[name]), flush=True)
+    print()
+    print(FOOTNOTE)
+    if args.profile:
+        text, profile_failed = profile_continuum(systems["continuum"], cfg, logs)
+        print()
+        print(text)
+        failed = failed or profile_failed
+    return failed
+
+
+def rss(args: argparse.Namespace, cfg: BenchConfig, logs: Path) -> bool:
+    """``--rss``: continuum worker RSS at each checkpoint, per workload. Returns whether something failed."""
+    system = all_systems()["continuum"]
+    if prepare([system], cfg, logs):
+        return True
+    failed = False
+    for name in args.workloads:
+        label = f"continuum [{name}]"
+        try:
+            flush_redis(cfg)
+            readings = measure_rss(system, dataclasses.replace(cfg, workload=name), logs, args.rss_runs)
+        except BenchError as exc:
+            print(f"{label}: failed ({exc})", flush=True)
+            failed = True
+            continue
+        print(render_rss(readings, label), flush=True)
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code (1 if a system failed)."""
     args = parse_args(argv)
@@ -174,8 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         db_name=args.db_name,
         redis_url=args.redis_url,
     )
-    systems = all_systems()
-    print(render_header(cfg, os.cpu_count(), os.getloadavg()[0]), flush=True)
+    load = os.getloadavg()[0]
+    if args.rss:
+        print(render_rss_header(cfg, args.rss_runs, os.cpu_count(), load), flush=True)
+    else:
+        print(render_header(cfg, os.cpu_count(), load), flush=True)
     try:
         flush_redis(cfg)
     except BenchError as exc:
@@ -184,20 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_fresh_database(cfg)
     logs = Path(tempfile.mkdtemp(prefix="continuum-bench-"))
 
-    outcomes = measure([systems[name] for name in args.only], cfg, logs)
-    print()
-    print(render_table(outcomes))
-    print(FOOTNOTE)
-    print()
-    print(render_ratios(outcomes))
-    profile_failed = False
-    if args.profile:
-        text, profile_failed = profile_continuum(systems["continuum"], cfg, logs)
-        print()
-        print(text)
-
-    failed = any(o.failed for o in outcomes)
-    if failed or profile_failed:
+    failed = rss(args, cfg, logs) if args.rss else compare(args, cfg, logs)
+    print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if failed:
         print(f"\nworker and driver logs: {logs}", file=sys.stderr)
     else:
         shutil.rmtree(logs, ignore_errors=True)

@@ -24,6 +24,11 @@ DEFAULT_REPETITIONS = 3
 DEFAULT_LATENCY_RUNS = 20
 DEFAULT_TIMEOUT = 900.0
 
+#: Queue of the activities of the ``queued`` workload, served by a second worker pool.
+ACTS_QUEUE = "bench.acts"
+#: Durable sleep between two steps of the ``timers`` workload, in seconds.
+TIMER_SLEEP_S = 0.1
+
 ENV_DATABASE_URL = "BENCH_DATABASE_URL"
 ENV_REDIS_URL = "BENCH_REDIS_URL"
 ENV_PROFILE_DIR = "BENCH_PROFILE_DIR"
@@ -43,6 +48,7 @@ class BenchConfig:
         pg_admin_url: libpq URL of a database used to create the bench database.
         db_name: name of the dedicated benchmark database.
         redis_url: Redis URL including the dedicated database number.
+        workload: the workload measured (see ``bench.workloads``).
     """
 
     steps: int = DEFAULT_STEPS
@@ -54,6 +60,7 @@ class BenchConfig:
     pg_admin_url: str = DEFAULT_PG_ADMIN_URL
     db_name: str = DEFAULT_DB_NAME
     redis_url: str = DEFAULT_REDIS_URL
+    workload: str = "sequential"
 
     @property
     def database_url(self) -> str:

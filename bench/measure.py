@@ -94,15 +94,21 @@ def commandstats_calls(info: Mapping[str, object]) -> Counters:
     return calls
 
 
-def redis_counters(redis_url: str) -> Counters:
-    """Calls per command since the Redis server started (server-wide)."""
+def redis_info(redis_url: str, section: str) -> dict[str, object]:
+    """One section of the Redis server's ``INFO``, as redis-py parses it."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
-        return commandstats_calls(client.info("commandstats"))
+        info: dict[str, object] = client.info(section)
+        return info
     finally:
         client.close()
+
+
+def redis_counters(redis_url: str) -> Counters:
+    """Calls per command since the Redis server started (server-wide)."""
+    return commandstats_calls(redis_info(redis_url, "commandstats"))
 
 
 def pg_counters(admin_url: str, db_name: str) -> Counters:

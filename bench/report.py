@@ -1,4 +1,4 @@
-"""Medians across repetitions, the results table and the ratio lines."""
+"""Medians across repetitions, the results table and the ratio lines, one set per workload."""
 
 from __future__ import annotations
 
@@ -7,17 +7,25 @@ from dataclasses import dataclass, field, fields
 from bench.config import BenchConfig
 from bench.measure import format_ratio, median, ratio
 from bench.runner import Repetition
+from bench.workloads import Workload
 
 COLUMNS = (
-    ("workflows/s", "workflows_per_s", "{:.1f}"),
+    ("wf/s", "workflows_per_s", "{:.1f}"),
     ("steps/s", "steps_per_s", "{:.1f}"),
     ("p50 ms", "p50_ms", "{:.1f}"),
     ("p90 ms", "p90_ms", "{:.1f}"),
-    ("PG commits/step", "commits_per_step", "{:.2f}"),
-    ("PG writes/step*", "write_xacts_per_step", "{:.2f}"),
-    ("WAL rec/step*", "wal_records_per_step", "{:.2f}"),
-    ("Redis cmds/step*", "redis_cmds_per_step", "{:.2f}"),
+    ("commits/st", "commits_per_step", "{:.2f}"),
+    ("writes/st*", "write_xacts_per_step", "{:.2f}"),
+    ("WAL/st*", "wal_records_per_step", "{:.2f}"),
+    ("Redis/st*", "redis_cmds_per_step", "{:.2f}"),
+    ("CPU ms/st*", "cpu_ms_per_step", "{:.2f}"),
+    ("=workers", "cpu_workers_ms_per_step", "{:.2f}"),
+    ("+PG*", "cpu_pg_ms_per_step", "{:.2f}"),
+    ("+Redis*", "cpu_redis_ms_per_step", "{:.2f}"),
 )
+#: The figures compared in the ratio lines: attribute, title.
+RATIO_FIGURES = (("steps_per_s", "steps/s"), ("p50_ms", "latency p50"), ("cpu_ms_per_step", "CPU ms/step"))
+RATIO_OTHERS = (("celery", "Celery"), ("dbos", "DBOS"))
 
 
 @dataclass
@@ -68,7 +76,7 @@ def _figure(outcomes: dict[str, Outcome], name: str, attr: str) -> tuple[float |
     if outcome is None:
         return None, f"{name} not run"
     if outcome.skipped:
-        return None, f"{outcome.label} skipped"
+        return None, f"{outcome.label} skipped: {outcome.skipped}"
     if outcome.failed:
         return None, f"{outcome.label} failed"
     summary = outcome.summary()
@@ -78,25 +86,36 @@ def _figure(outcomes: dict[str, Outcome], name: str, attr: str) -> tuple[float |
     return value, "" if value is not None else f"{outcome.label} has no {attr}"
 
 
-def render_ratios(outcomes: list[Outcome]) -> str:
-    """continuum/Celery and continuum/DBOS ratios, ``n/a`` with a reason when not computable."""
+def render_ratios(outcomes: list[Outcome], workload: Workload) -> str:
+    """continuum/Celery and continuum/DBOS ratios, each next to its target if the issue sets one.
+
+    A ratio that cannot be computed shows ``n/a`` with the reason; a target it
+    misses says ``not met`` (and one it cannot be checked against, ``not measured``).
+    """
     by_name = {o.name: o for o in outcomes}
     lines = []
-    for title, other, attr in (
-        ("continuum/Celery steps/s", "celery", "steps_per_s"),
-        ("continuum/DBOS steps/s", "dbos", "steps_per_s"),
-        ("continuum/Celery latency p50", "celery", "p50_ms"),
-    ):
-        mine, why_mine = _figure(by_name, "continuum", attr)
-        theirs, why_theirs = _figure(by_name, other, attr)
-        value = ratio(mine, theirs)
-        reason = why_mine or why_theirs or ("" if value is not None else "zero denominator")
-        lines.append(f"{title + ':':32} {format_ratio(value, reason)}")
+    for other, other_title in RATIO_OTHERS:
+        for attr, figure_title in RATIO_FIGURES:
+            mine, why_mine = _figure(by_name, "continuum", attr)
+            theirs, why_theirs = _figure(by_name, other, attr)
+            value = ratio(mine, theirs)
+            reason = why_mine or why_theirs or ("" if value is not None else "zero denominator")
+            line = f"{f'continuum/{other_title} {figure_title}:':34} {format_ratio(value, reason)}"
+            target = workload.target(attr, other)
+            if target is not None:
+                verdict = "not measured" if value is None else ("met" if target.met(value) else "NOT MET")
+                line += f"   target {target.describe()}: {verdict}"
+            lines.append(line)
     return "\n".join(lines)
 
 
+def render_workload_title(workload: Workload) -> str:
+    """The line above a workload's table."""
+    return f"== {workload.name}: {workload.description} =="
+
+
 def render_header(cfg: BenchConfig, cores: int | None, load: float | None = None) -> str:
-    """One line naming the settings every figure below was measured with.
+    """One line naming the settings every figure below was measured with (the workload aside).
 
     ``load`` is the 1-minute load average at the start: figures taken while
     other work keeps the machine busy are not comparable with quiet ones.
@@ -111,7 +130,10 @@ def render_header(cfg: BenchConfig, cores: int | None, load: float | None = None
 
 
 FOOTNOTE = (
-    "PG commits: every transaction committed in the benchmark database, read-only ones"
-    " included;\n* server-wide counters: writes (transaction ids taken) and WAL records count"
-    " the whole PostgreSQL cluster, Redis commands the whole server"
+    "/st: per step. commits: every transaction committed in the benchmark database, read-only ones"
+    " included.\nCPU ms/st = workers (worker processes, their children, the driver) + PG (backends"
+    " of the benchmark database and the server's own processes) + Redis, over the throughput phase"
+    " only.\n* server-wide: writes (transaction ids taken) and WAL records count the whole PostgreSQL"
+    " cluster; PG CPU includes\n  the server's WAL writer, checkpointer and postmaster; Redis commands"
+    " and CPU count the whole Redis server"
 )

@@ -6,7 +6,9 @@ A repetition is two worker lifetimes on a freshly flushed Redis database:
    connected, start the workers, run W workflows at once, stop the workers,
    wait until every backend has exited (which is when PostgreSQL publishes
    their counts), read the counters again. Commits per step therefore include
-   the workers' start and stop, amortised over W x N steps.
+   the workers' start and stop, amortised over W x N steps. CPU time
+   (``bench.cpu``) covers only the phase itself, from the workers being ready
+   to the last run's end: start-up and shutdown are left out.
 2. latency: start the workers again and run single workflows one at a time,
    so the latency runs never land in the throughput counters.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.config import BenchConfig
+from bench.cpu import CpuSampler, CpuSplit, local_postmaster, redis_cpu
 from bench.measure import delta, per_step, percentile, pg_counters, wait_for_no_clients
 from bench.procs import BenchError
 from bench.systems import System
@@ -40,6 +43,10 @@ class Repetition:
     write_xacts_per_step: float | None
     wal_records_per_step: float | None
     redis_cmds_per_step: float | None
+    cpu_ms_per_step: float | None = None
+    cpu_workers_ms_per_step: float | None = None
+    cpu_pg_ms_per_step: float | None = None
+    cpu_redis_ms_per_step: float | None = None
 
 
 def ensure_fresh_database(cfg: BenchConfig) -> None:
@@ -91,8 +98,14 @@ def run_repetition(system: System, cfg: BenchConfig, logs: Path) -> Repetition:
     flush_redis(cfg)
     _settle(cfg)
     pg_before = pg_counters(cfg.pg_admin_url, cfg.db_name)
+    postmaster = local_postmaster(cfg.pg_admin_url)
     with system.workers(cfg, logs) as workers:
-        phase = system.throughput(cfg, workers, logs)
+        redis_cpu_before = redis_cpu(cfg.redis_url)
+        sampler = CpuSampler(workers.sessions, postmaster=postmaster, admin_url=cfg.pg_admin_url, db_name=cfg.db_name)
+        with sampler:
+            phase = system.throughput(cfg, workers, logs)
+        redis_ms = (redis_cpu(cfg.redis_url) - redis_cpu_before) * 1000.0
+    cpu = CpuSplit(sampler.workers_ms + phase.driver_cpu_ms, sampler.pg_ms, redis_ms).per_step(cfg.total_steps)
     _settle(cfg)
     pg = delta(pg_before, pg_counters(cfg.pg_admin_url, cfg.db_name))
 
@@ -112,4 +125,8 @@ def run_repetition(system: System, cfg: BenchConfig, logs: Path) -> Repetition:
         write_xacts_per_step=per_step(pg.get("write_xacts"), steps),
         wal_records_per_step=per_step(pg.get("wal_records"), steps),
         redis_cmds_per_step=per_step(phase.redis_calls, steps),
+        cpu_ms_per_step=cpu.total_ms,
+        cpu_workers_ms_per_step=cpu.workers_ms,
+        cpu_pg_ms_per_step=cpu.pg_ms,
+        cpu_redis_ms_per_step=cpu.redis_ms,
     )

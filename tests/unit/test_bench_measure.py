@@ -15,6 +15,7 @@ from bench.measure import (
 )
 from bench.report import Outcome, render_ratios, render_table
 from bench.runner import Repetition
+from bench.workloads import WORKLOADS
 
 
 def _rep(steps_per_s: float, p50: float | None = 10.0, commits: float | None = 1.0) -> Repetition:
@@ -122,10 +123,18 @@ class TestReport:
             Outcome("continuum", "continuum", [_rep(300.0, p50=50.0)]),
             Outcome("dbos", "DBOS", skipped="dbos not importable"),
         ]
-        lines = render_ratios(outcomes).splitlines()
+        lines = render_ratios(outcomes, WORKLOADS["timers"]).splitlines()
+        assert [line.split(":")[0] for line in lines] == [
+            "continuum/Celery steps/s",
+            "continuum/Celery latency p50",
+            "continuum/Celery CPU ms/step",
+            "continuum/DBOS steps/s",
+            "continuum/DBOS latency p50",
+            "continuum/DBOS CPU ms/step",
+        ]
         assert lines[0].endswith("0.50x")
-        assert lines[1].endswith("n/a (DBOS skipped)")
-        assert lines[2].endswith("2.50x")
+        assert lines[1].endswith("2.50x")
+        assert lines[3].endswith("n/a (DBOS skipped: dbos not importable)")
 
     def test_table_marks_figures_of_a_system_that_failed_later(self) -> None:
         outcomes = [Outcome("continuum", "continuum", [_rep(80.0)], failed="run timed out")]
