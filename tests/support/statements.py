@@ -87,7 +87,7 @@ class StatementCapture:
             return executemany(cursor, query, rows, **kw)
 
         psycopg.Cursor.execute = recording_execute  # type: ignore[method-assign,assignment]
-        psycopg.Cursor.executemany = recording_executemany  # type: ignore[method-assign]
+        psycopg.Cursor.executemany = recording_executemany  # type: ignore[method-assign,assignment]
         try:
             yield self
         finally:
