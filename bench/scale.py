@@ -14,19 +14,26 @@ workflows are the ones the measuring workers serve, so a statement that
 narrows only by workflow or state reads the copies too.
 
 Then, ``--repetitions`` times, on each journal in turn (alternating which goes
-first): ``celery -A bench.scale_app worker`` (prefork, ``--concurrency``
-processes, no beat: each worker sweeps by itself), and one driver that runs
-``--runs`` single runs of ``bench_flow`` (``--steps`` inline activities, one
-run at a time), timing ``start()`` and the rest of each run per step, then
-times ``--sweeps`` sweeps of its own. Figures are the median over the runs
-(over the sweeps) of a repetition, then the median over the repetitions; the
-ratios full/empty are set against the 1.2x target. Last, the full journal's
-tables: rows, bytes (``pg_total_relation_size``: heap, TOAST and indexes),
-bytes per run and per event.
+first, so a machine whose load drifts weighs on both alike):
+``celery -A bench.scale_app worker`` (prefork, ``--concurrency`` processes, no
+beat: each worker sweeps by itself), and one driver that runs ``--runs`` single
+runs of ``bench_flow`` (``--steps`` inline activities, one run at a time),
+timing ``start()`` and the rest of each run per step, then times ``--sweeps``
+sweeps of its own. Latencies are medians over every run (sweep) of every
+repetition on one journal; the ratios full/empty are set against the 1.2x
+target. Beside them, a figure no load on the machine moves: the PostgreSQL
+blocks (8 KiB pages) the journal's tables and indexes were read from per
+measured run (``pg_statio_user_tables``, read with no backend connected, so
+every backend has published its counts; worker boot, warm-up and sweeps
+included), and how many of those were not in shared buffers. Last, the full
+journal's tables: rows, bytes (``pg_total_relation_size``: heap, TOAST and
+indexes), bytes per run and per event.
 
 Example::
 
-    python -m bench.scale --finished 100000 --suspended 10000 --repetitions 1
+    python -m bench.scale --finished 100000 --suspended 10000 --repetitions 2
+    python -m bench.scale --keep            # then, measuring again without refilling:
+    python -m bench.scale --reuse
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import psycopg
 from bench import config
 from bench.config import BenchConfig, sqlalchemy_url
 from bench.fill import copy_run
-from bench.measure import median
+from bench.measure import median, wait_for_no_clients
 from bench.procs import BenchError, run_driver
 from bench.runner import ensure_fresh_database, flush_redis
 from bench.systems import CeleryWorkerSystem
@@ -55,11 +62,21 @@ from bench.systems import CeleryWorkerSystem
 DEFAULT_FINISHED = 1_000_000
 DEFAULT_SUSPENDED = 100_000
 DEFAULT_BATCH = 50_000
-DEFAULT_RUNS = 30
+DEFAULT_RUNS = 20
 DEFAULT_SWEEPS = 10
+DEFAULT_REPETITIONS = 5
+BACKENDS_GONE_DEADLINE_S = 60.0
 DB_PREFIX = "continuum_scale"
 TARGET = 1.2
-FIGURES = (("start p50", "start_ms"), ("step p50", "step_ms"), ("sweep", "sweep_ms"))
+#: (label, key, unit) of each figure; the latencies are what the 1.2x target is about.
+FIGURES = (
+    ("start p50", "start_ms", "ms"),
+    ("step p50", "step_ms", "ms"),
+    ("sweep p50", "sweep_ms", "ms"),
+    ("PG blocks/run", "blocks", ""),
+    ("  not cached", "blocks_read", ""),
+)
+TIMED = ("start_ms", "step_ms", "sweep_ms")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,7 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="single runs measured per repetition")
     parser.add_argument("--steps", "-N", type=int, default=config.DEFAULT_STEPS, help="activities per measured run")
     parser.add_argument("--sweeps", type=int, default=DEFAULT_SWEEPS, help="sweeps timed per repetition")
-    parser.add_argument("--repetitions", "-R", type=int, default=config.DEFAULT_REPETITIONS)
+    parser.add_argument("--repetitions", "-R", type=int, default=DEFAULT_REPETITIONS)
     parser.add_argument("--concurrency", "-C", type=int, default=config.DEFAULT_CONCURRENCY, help="worker processes")
     parser.add_argument("--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per driver action")
     parser.add_argument(
@@ -87,6 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Redis URL with the benchmark's own database number (flushed)",
     )
     parser.add_argument("--keep", action="store_true", help=f"keep the {DB_PREFIX}_* databases afterwards")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the journals a --keep run left, without recreating and filling"
+    )
     args = parser.parse_args(argv)
     for option in ("finished", "suspended"):
         if getattr(args, option) < 0:
@@ -193,17 +213,33 @@ def render_sizes(sizes: list[TableSize]) -> str:
 
 
 def render_ratios(results: dict[str, list[dict[str, Any]]]) -> str:
-    """Per figure: the median over repetitions of each journal's median, the ratio, and the target."""
-    lines = [f"{'':<12}{'empty':>12}{'full':>12}{'full/empty':>12}   per repetition   target <= {TARGET:.1f}x"]
-    for title, key in FIGURES:
-        per_rep = {db: [median(r[key]) or 0.0 for r in reps] for db, reps in results.items()}
-        empty, full = median(per_rep["empty"]), median(per_rep["full"])
+    """Per figure: each journal's median over all its repetitions, the ratio, and (for latencies) the target."""
+    lines = [f"{'':<16}{'empty':>10}{'full':>10}{'full/empty':>12}   target <= {TARGET:.1f}x"]
+    for title, key, unit in FIGURES:
+        empty, full = (median(v for rep in results[db] for v in rep[key]) for db in ("empty", "full"))
         ratio = full / empty if empty and full is not None else None
-        reps = ", ".join(f"{f / e:.2f}x" for e, f in zip(per_rep["empty"], per_rep["full"], strict=True) if e)
-        verdict = "-" if ratio is None else "within" if ratio <= TARGET else "OVER"
+        verdict = "" if key not in TIMED or ratio is None else "within" if ratio <= TARGET else "OVER"
         shown = "-" if ratio is None else f"{ratio:.2f}x"
-        lines.append(f"{title + ' ms':<12}{empty or 0:>12.2f}{full or 0:>12.2f}{shown:>12}   {reps:<16} {verdict}")
+        digits = 2 if unit else 0
+        label = f"{title} {unit}".rstrip()
+        lines.append(f"{label:<16}{empty or 0:>10.{digits}f}{full or 0:>10.{digits}f}{shown:>12}   {verdict}")
     return "\n".join(lines)
+
+
+def blocks(cfg: BenchConfig) -> tuple[int, int]:
+    """Blocks of the journal's tables and indexes read so far, and how many of them missed shared buffers.
+
+    Read once no backend is connected: a backend publishes its counts when it exits, at the latest.
+    """
+    if not wait_for_no_clients(cfg.pg_admin_url, cfg.db_name, BACKENDS_GONE_DEADLINE_S):
+        print(f"  warning: backends of {cfg.db_name} still connected; block counts may lag", file=sys.stderr)
+    columns = ("heap_blks", "idx_blks", "toast_blks", "tidx_blks")
+    hits = " + ".join(f"coalesce({c}_hit, 0)" for c in columns)
+    reads = " + ".join(f"coalesce({c}_read, 0)" for c in columns)
+    with psycopg.connect(cfg.database_url) as conn:
+        row = conn.execute(f"SELECT sum({hits}), sum({reads}) FROM pg_statio_user_tables").fetchone()
+    hit, read = (int(v or 0) for v in row or (0, 0))
+    return hit + read, read
 
 
 def measure(cfgs: dict[str, BenchConfig], args: argparse.Namespace, logs: Path) -> dict[str, list[dict[str, Any]]]:
@@ -213,13 +249,17 @@ def measure(cfgs: dict[str, BenchConfig], args: argparse.Namespace, logs: Path) 
         for db in list(cfgs) if i % 2 == 0 else list(cfgs)[::-1]:
             cfg = cfgs[db]
             flush_redis(cfg)
+            touched, read = blocks(cfg)
             with WORKERS.workers(cfg, logs):
                 figures = _drive(
                     cfg, logs, "measure", "--runs", str(args.runs), "--steps", str(args.steps),
                     "--sweeps", str(args.sweeps), "--timeout", str(cfg.timeout),
                 )  # fmt: skip
+            touched_after, read_after = blocks(cfg)
+            figures["blocks"] = [(touched_after - touched) / args.runs]
+            figures["blocks_read"] = [(read_after - read) / args.runs]
             results[db].append(figures)
-            summary = ", ".join(f"{title} {median(figures[key]) or 0:.2f} ms" for title, key in FIGURES)
+            summary = ", ".join(f"{title} {median(figures[key]) or 0:.2f}" for title, key, _ in FIGURES[:4])
             print(f"  repetition {i + 1}/{args.repetitions}, {db} journal: {summary}", flush=True)
     return results
 
@@ -239,8 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     cfgs = {db: cfg_for(db) for db in ("empty", "full")}
+    journal = f"{args.finished:,} finished + {args.suspended:,} suspended runs"
     print(
-        f"bench.scale: {args.finished:,} finished + {args.suspended:,} suspended runs vs an empty journal; "
+        f"bench.scale: {'the journals an earlier --keep run left' if args.reuse else journal} vs an empty journal; "
         f"{args.repetitions} repetitions of {args.runs} runs x {args.steps} steps and {args.sweeps} sweeps; "
         f"{args.concurrency} worker processes, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}",
         flush=True,
@@ -249,13 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs = Path(tempfile.mkdtemp(prefix="continuum-bench-scale-"))
     try:
-        flush_redis(cfgs["full"])
-        for cfg in cfgs.values():
-            ensure_fresh_database(cfg)
-            migrate(sqlalchemy_url(cfg.database_url))
-        with WORKERS.workers(cfgs["full"], logs):
-            templates = _drive(cfgs["full"], logs, "templates", "--timeout", str(args.timeout))
-        fill(cfgs["full"], templates, args.finished, args.suspended, args.batch)
+        if args.reuse:
+            _require_existing(cfgs.values())
+        else:
+            flush_redis(cfgs["full"])
+            for cfg in cfgs.values():
+                ensure_fresh_database(cfg)
+                migrate(sqlalchemy_url(cfg.database_url))
+            with WORKERS.workers(cfgs["full"], logs):
+                templates = _drive(cfgs["full"], logs, "templates", "--timeout", str(args.timeout))
+            fill(cfgs["full"], templates, args.finished, args.suspended, args.batch)
         results = measure(cfgs, args, logs)
         print()
         print(render_ratios(results))
@@ -266,10 +310,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}\nworker and driver logs: {logs}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             _drop(cfgs.values())
     shutil.rmtree(logs, ignore_errors=True)
     return 0
+
+
+def _require_existing(cfgs: Any) -> None:
+    with psycopg.connect(next(iter(cfgs)).pg_admin_url, autocommit=True) as conn:
+        for cfg in cfgs:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg.db_name,)).fetchone() is None:
+                raise BenchError(f"--reuse: no database {cfg.db_name}; run once with --keep first")
 
 
 def _drop(cfgs: Any) -> None:
