@@ -92,7 +92,6 @@ sa.Index("continuum_runs_workflow_state", runs.c.workflow, runs.c.state, runs.c.
 _parked = runs.c.stuck_reason.is_not(None)
 sa.Index("continuum_runs_parked", runs.c.workflow, runs.c.version_hash, postgresql_where=_parked, sqlite_where=_parked)
 sa.Index("continuum_runs_parent", runs.c.parent_run_id)
-sa.Index("continuum_runs_correlation", runs.c.correlation_id)
 sa.Index("continuum_runs_continued_from", runs.c.continued_from_run_id)
 
 events = sa.Table(
