@@ -19,4 +19,9 @@ Modules, in the order data flows through them:
 - ``measure``      counters (pg_stat_database, pg_stat_wal, INFO commandstats) and math
 - ``profiling``    optional pyinstrument profile of continuum worker processes
 - ``report``       medians across repetitions, the table and the ratios
+
+``python -m bench.scale`` (``scale``) measures a start, a step and a sweep on a
+journal of millions of runs against an empty one: ``fill`` copies runs the
+engine wrote inside PostgreSQL, ``scale_app`` is its workers' app and
+``scale_drive`` its driver.
 """

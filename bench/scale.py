@@ -93,16 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repetitions", "-R", type=int, default=DEFAULT_REPETITIONS)
     parser.add_argument("--concurrency", "-C", type=int, default=config.DEFAULT_CONCURRENCY, help="worker processes")
     parser.add_argument("--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per driver action")
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get("BENCH_PG_ADMIN_URL", config.DEFAULT_PG_ADMIN_URL),
-        help="libpq URL used to (re)create the two databases",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get(config.ENV_REDIS_URL, config.DEFAULT_REDIS_URL),
-        help="Redis URL with the benchmark's own database number (flushed)",
-    )
+    config.add_server_arguments(parser, "the two databases")
     parser.add_argument("--keep", action="store_true", help=f"keep the {DB_PREFIX}_* databases afterwards")
     parser.add_argument(
         "--reuse", action="store_true", help="measure the journals a --keep run left, without recreating and filling"
