@@ -4,7 +4,9 @@ A copy of a template run has the template's rows in every table that holds a
 run's rows (the run, its events, activity tasks, timers, signals, snapshots,
 canvas links, stored results), as they are but for three things: every text
 value holding the template's run id holds the copy's id instead (a random
-UUID-shaped id, as runs get); a primary key that does not hold it gets the
+UUID-shaped id: the worst case for the indexes, as in a journal written before
+run ids were time-ordered, or of runs started from Celery canvas, whose ids are
+Celery's random task ids); a primary key that does not hold it gets the
 copy's id appended, so it stays unique; and the times that say when the run
 happened (``SPREAD``) move back one second per copy, so indexes on them see
 distinct keys. Times that say when a run wakes (``next_wakeup_at``,
