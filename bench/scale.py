@@ -251,7 +251,8 @@ def measure(cfgs: dict[str, BenchConfig], args: argparse.Namespace, logs: Path) 
             figures["blocks_read"] = [(read_after - read) / args.runs]
             results[db].append(figures)
             summary = ", ".join(f"{title} {median(figures[key]) or 0:.2f}" for title, key, _ in FIGURES[:4])
-            print(f"  repetition {i + 1}/{args.repetitions}, {db} journal: {summary}", flush=True)
+            load = os.getloadavg()[0]
+            print(f"  repetition {i + 1}/{args.repetitions}, {db} journal: {summary} (load {load:.2f})", flush=True)
     return results
 
 
