@@ -22,4 +22,9 @@ Modules, in the order data flows through them:
 - ``rss``          ``--rss``: worker memory after 1,000 and after 10,000 runs
 - ``profiling``    optional pyinstrument profile of continuum worker processes
 - ``report``       medians across repetitions, the tables and the ratios against the targets
+
+``python -m bench.scale`` (``scale``) measures a start, a step and a sweep on a
+journal of millions of runs against an empty one: ``fill`` copies runs the
+engine wrote inside PostgreSQL, ``scale_app`` is its workers' app and
+``scale_drive`` its driver.
 """

@@ -94,20 +94,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also profile continuum workers (pyinstrument) and print top costs",
     )
     parser.add_argument("--timeout", type=float, default=config.DEFAULT_TIMEOUT, help="seconds per phase")
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get("BENCH_PG_ADMIN_URL", config.DEFAULT_PG_ADMIN_URL),
-        help="libpq URL used to (re)create the benchmark database",
-    )
+    config.add_server_arguments(parser, "the benchmark database")
     parser.add_argument(
         "--db-name",
         default=config.DEFAULT_DB_NAME,
         help="benchmark database (dropped and recreated)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get(config.ENV_REDIS_URL, config.DEFAULT_REDIS_URL),
-        help="Redis URL with the benchmark's own database number (flushed)",
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]

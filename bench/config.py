@@ -7,6 +7,7 @@ variables, so a worker module can build its app at import time, as
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,17 @@ def sqlalchemy_url(libpq_url: str) -> str:
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return libpq_url
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, databases: str) -> None:
+    """``--pg-admin-url`` and ``--redis-url``, which every bench command takes; ``databases`` says which it makes."""
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL),
+        help=f"libpq URL used to (re)create {databases}",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get(ENV_REDIS_URL, DEFAULT_REDIS_URL),
+        help="Redis URL with the benchmark's own database number (flushed)",
+    )

@@ -80,13 +80,15 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_driver(args: Sequence[str], *, env: dict[str, str], timeout: float, log_path: Path) -> dict[str, Any]:
-    """Run ``python -m bench.drive ARGS`` and return the JSON result it prints.
+def run_driver(
+    args: Sequence[str], *, env: dict[str, str], timeout: float, log_path: Path, module: str = "bench.drive"
+) -> dict[str, Any]:
+    """Run ``python -m MODULE ARGS`` (``bench.drive`` unless told) and return the JSON result it prints.
 
     Raises:
         BenchError: the driver failed, timed out, or printed no result.
     """
-    argv = [sys.executable, "-m", "bench.drive", *args]
+    argv = [sys.executable, "-m", module, *args]
     try:
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

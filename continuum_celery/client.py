@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -13,7 +12,7 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .errors import RunNotFound, WorkflowFailed
 from .events import Event
-from .ids import run_id_for_message, validate_run_id, validate_signal_name
+from .ids import new_run_id, run_id_for_message, validate_run_id, validate_signal_name
 from .journal.base import Journal
 from .journal.records import CanvasLink, Dispatch, NewRun, RunRecord
 from .notify import Notifier
@@ -55,7 +54,7 @@ class Client:
 
         ``message_id`` is the Celery task id of the message asking for the start: without a
         ``run_id``, the run id derives from it, so a redelivered or resent message starts the
-        same run once. Without either, the run gets a random UUID.
+        same run once. Without either, the run gets a new UUID (time-ordered: see ``new_run_id``).
 
         ``timeout``: the run's execution timeout in seconds, in place of the definition's.
 
@@ -65,7 +64,7 @@ class Client:
         if run_id is not None:
             run_id = validate_run_id(run_id)
         else:
-            run_id = run_id_for_message(message_id) if message_id is not None else str(uuid.uuid4())
+            run_id = run_id_for_message(message_id) if message_id is not None else new_run_id()
         check_json(input, f"input of workflow {defn.name}", self._engine.settings.max_payload_bytes)
         with tracing.span(
             "continuum.start",

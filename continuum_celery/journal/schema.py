@@ -88,8 +88,10 @@ sa.Index(
     sqlite_where=runs.c.state == "running",
 )
 sa.Index("continuum_runs_workflow_state", runs.c.workflow, runs.c.state, runs.c.created_at)
+# Parked runs by version: the version heartbeat unparks a version's runs, the sweep counts them (0006).
+_parked = runs.c.stuck_reason.is_not(None)
+sa.Index("continuum_runs_parked", runs.c.workflow, runs.c.version_hash, postgresql_where=_parked, sqlite_where=_parked)
 sa.Index("continuum_runs_parent", runs.c.parent_run_id)
-sa.Index("continuum_runs_correlation", runs.c.correlation_id)
 sa.Index("continuum_runs_continued_from", runs.c.continued_from_run_id)
 
 events = sa.Table(
