@@ -37,7 +37,7 @@ from .serialization import check_json
 from .stepper import Stepper
 from .tasks import emit_sweep, timed
 from .versioning import registry as workflow_registry
-from .wakeups import LocalWakeups, RedisWakeups, Wakeups
+from .wakeups import DEFAULT_POLL_INTERVAL, LocalWakeups, RedisWakeups, Wakeups
 from .wiring import wire
 
 if TYPE_CHECKING:
@@ -159,7 +159,11 @@ class Continuum(runtime.Runtime):
 
     def _make_wakeups(self) -> Wakeups:
         client = self._redis_client()
-        return RedisWakeups(client, self.settings.key_prefix + "wakeups") if client is not None else LocalWakeups()
+        if client is None:
+            return LocalWakeups()
+        # The pump's blocking read stays well inside the guarded client's read timeout.
+        block = min(DEFAULT_POLL_INTERVAL, self.settings.redis_timeout / 2)
+        return RedisWakeups(client, self.settings.key_prefix + "wakeups", longest_block=block)
 
     def _make_notifier(self) -> Notifier:
         client = self._redis_client()

@@ -85,6 +85,13 @@ class Wakeups(Protocol):
     def size(self) -> int:
         """How many members are scheduled."""
 
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if a member is scheduled meanwhile (by any process).
+
+        The pump sleeps here until its next member is due, so a member scheduled sooner than
+        that (a short timer) is not left waiting for the pump's next look.
+        """
+
 
 def _check_limit(limit: int) -> None:
     if limit < 1:
@@ -107,10 +114,14 @@ class RedisWakeups:
         key: the sorted set's key.
     """
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    def __init__(self, client: redis.Redis, key: str, *, longest_block: float = DEFAULT_POLL_INTERVAL) -> None:
         self._client = client
         self._key = key
         self._pop_script = client.register_script(_POP_DUE_LUA)
+        # One element at most: a schedule pushes, a pump waiting on it pops (BLPOP) and looks again.
+        self._news = f"{key}:news"
+        # A blocking read must end well within the client's read timeout, or it would count as a hung Redis.
+        self._longest_block = longest_block
 
     @property
     def key(self) -> str:
@@ -120,7 +131,16 @@ class RedisWakeups:
     def schedule(self, member: str, due: float) -> None:
         """Add ``member`` at ``due``, keeping an earlier due time already set (``ZADD LT``)."""
         # LT still adds missing members; it only refuses to move one later.
-        self._client.zadd(self._key, {member: float(due)}, lt=True)
+        self._added([{member: float(due)}])
+
+    def _added(self, chunks: list[dict[str, float]]) -> None:
+        """ZADD the chunks and tell a waiting pump, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for chunk in chunks:
+            pipe.zadd(self._key, chunk, lt=True)
+        pipe.lpush(self._news, 1)
+        pipe.ltrim(self._news, 0, 0)
+        pipe.execute()
 
     def schedule_many(self, items: Iterable[tuple[str, float]]) -> None:
         """Schedule many members with ``ZADD LT``, the earliest due winning among duplicates."""
@@ -130,8 +150,8 @@ class RedisWakeups:
             if member not in earliest or due < earliest[member]:
                 earliest[member] = due
         pairs = list(earliest.items())
-        for start in range(0, len(pairs), _CHUNK):
-            self._client.zadd(self._key, dict(pairs[start : start + _CHUNK]), lt=True)
+        if pairs:
+            self._added([dict(pairs[start : start + _CHUNK]) for start in range(0, len(pairs), _CHUNK)])
 
     def pop_due(self, now: float, limit: int = DEFAULT_BATCH) -> list[str]:
         """Atomically remove and return up to ``limit`` members with due time <= ``now``.
@@ -156,6 +176,12 @@ class RedisWakeups:
         """How many members are scheduled (``ZCARD``)."""
         return int(self._client.zcard(self._key))
 
+    def wait(self, timeout: float) -> None:
+        """``BLPOP`` on the news list, for ``timeout`` seconds at most (capped at ``longest_block``)."""
+        block = min(timeout, self._longest_block)
+        if block >= _MIN_SLEEP:
+            self._client.blpop([self._news], timeout=block)
+
 
 class LocalWakeups:
     """In-process, thread-safe :class:`Wakeups` for the embedded default with no Redis.
@@ -170,17 +196,20 @@ class LocalWakeups:
         self._due: dict[str, float] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._counter = itertools.count()  # FIFO among equal due times
+        self._news = threading.Event()
 
     def schedule(self, member: str, due: float) -> None:
         """Add ``member`` at ``due``, keeping an earlier due time already set."""
         with self._lock:
             self._schedule(member, float(due))
+        self._news.set()
 
     def schedule_many(self, items: Iterable[tuple[str, float]]) -> None:
         """Schedule each ``(member, due)`` pair under one lock."""
         with self._lock:
             for member, due in items:
                 self._schedule(member, float(due))
+        self._news.set()
 
     def pop_due(self, now: float, limit: int = DEFAULT_BATCH) -> list[str]:
         """Remove and return up to ``limit`` members with due time <= ``now``, earliest first.
@@ -223,6 +252,11 @@ class LocalWakeups:
         """How many members are scheduled."""
         with self._lock:
             return len(self._due)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if a member is scheduled meanwhile."""
+        if self._news.wait(timeout):
+            self._news.clear()
 
     def _schedule(self, member: str, due: float) -> None:
         current = self._due.get(member)
@@ -348,7 +382,7 @@ class WakeupPump:
                 self._note_recovery()
                 backoff = self._poll_interval
             if delay > 0:
-                self._wake.wait(delay)
+                self._sleep(delay)
 
     def _drain(self) -> tuple[int, int]:
         """Pop one batch and dispatch it; return (popped, dispatched cleanly)."""
@@ -363,6 +397,17 @@ class WakeupPump:
             else:
                 dispatched += 1
         return len(members), dispatched
+
+    def _sleep(self, delay: float) -> None:
+        """Wait for the next due member, a newly scheduled one or ``stop()``, at most ``delay`` seconds."""
+        if self._failing:  # a store that keeps failing is not asked to block
+            self._wake.wait(delay)
+            return
+        try:
+            self._wakeups.wait(delay)
+        except Exception:
+            self._note_failure()
+            self._wake.wait(delay)
 
     def _sleep_hint(self) -> float:
         next_due = self._wakeups.next_due()

@@ -167,6 +167,26 @@ def test_pump_dispatches_due_members_in_order_and_never_early(wakeups: RedisWake
     assert wakeups.size() == 0
 
 
+def test_a_member_scheduled_elsewhere_wakes_a_sleeping_pump(
+    client: redis.Redis, redis_url: str, redis_prefix: str
+) -> None:
+    """A short timer scheduled by another process is dispatched at once, not at the pump's next look."""
+    slow_look = 60.0  # far longer than DEADLINE: only the news can wake the pump in time
+    pumped = RedisWakeups(client, redis_prefix + "wakeups", longest_block=slow_look)
+    recorder = Recorder()
+    pump = WakeupPump(pumped, recorder, poll_interval=slow_look)
+    pump.start()
+    other_process = redis.Redis.from_url(redis_url)
+    try:
+        sleeping = lambda: any(c.get("cmd") == "blpop" for c in client.client_list(_type="normal"))  # noqa: E731
+        assert wait_until(sleeping), "the pump sleeps in BLPOP"
+        RedisWakeups(other_process, redis_prefix + "wakeups").schedule("run:soon", time.time())
+        assert wait_until(lambda: recorder.members == ["run:soon"])
+    finally:
+        pump.stop(timeout=0)  # its BLPOP ends on its own; the thread is a daemon
+        other_process.close()
+
+
 def test_pump_survives_losing_the_key(wakeups: RedisWakeups, client: redis.Redis) -> None:
     recorder = Recorder()
     pump = WakeupPump(wakeups, recorder, poll_interval=0.02)

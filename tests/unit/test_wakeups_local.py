@@ -73,6 +73,9 @@ class FlakyWakeups:
     def size(self) -> int:
         return self.inner.size()
 
+    def wait(self, timeout: float) -> None:
+        self.inner.wait(timeout)
+
 
 # --- LocalWakeups ---------------------------------------------------------------------
 
@@ -403,3 +406,22 @@ def test_claim_dispatch_forgets_expired_claims() -> None:
     for i in range(2_000):
         assert notifier.claim_dispatch(f"n{i}", ttl=1.0)
     assert len(notifier._claims) < 4_000
+
+
+def test_a_member_scheduled_while_the_pump_sleeps_wakes_it() -> None:
+    """The pump sleeps until its next member is due; scheduling an earlier one cuts that sleep short."""
+    wakeups, seen, woke = LocalWakeups(), [], threading.Event()
+
+    def dispatch(member: str) -> None:
+        seen.append(member)
+        woke.set()
+
+    pump = WakeupPump(wakeups, dispatch, poll_interval=60.0)
+    pump.start()
+    try:
+        wakeups.schedule("run:late", time.time() + 3600)
+        wakeups.schedule("run:soon", time.time())
+        assert woke.wait(10.0), "the pump slept on past a member due now"
+        assert seen == ["run:soon"]
+    finally:
+        pump.stop()
