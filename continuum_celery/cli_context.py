@@ -161,7 +161,7 @@ class Operator:
         """
         if self._journal is None:
             from .journal.sql import SQLJournal
-            from .journal.sql_base import require_existing_journal
+            from .journal.sql_engine import require_existing_journal
 
             # Only `continuum migrate` creates a journal; every other command acts on an existing one.
             require_existing_journal(self.settings.database_url, "this command acts on runs already journaled")

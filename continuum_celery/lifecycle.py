@@ -15,7 +15,8 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .journal.base import Journal
 from .routing import Periodic, VersionHeartbeat
-from .wakeups import WakeupPump, Wakeups
+from .wakeup_pump import WakeupPump
+from .wakeups import Wakeups
 
 if TYPE_CHECKING:
     from .metrics import PrometheusMetrics

@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from continuum_celery.journal.schema import VERSION_TABLE
-from continuum_celery.journal.sql_base import normalise_url
+from continuum_celery.journal.sql_engine import normalise_url
 
 config = context.config
 url = normalise_url(config.get_main_option("sqlalchemy.url") or "")

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from continuum_celery.notify import RedisNotifier
-from continuum_celery.wakeups import RedisWakeups, WakeupPump
+from continuum_celery.wakeup_pump import WakeupPump
+from continuum_celery.wakeups import RedisWakeups
 
 DEADLINE = 10.0
 #: A port nothing listens on: every call fails with a real ConnectionError.
@@ -239,7 +240,7 @@ class CountingWakeups(RedisWakeups):
 def test_pump_survives_an_unreachable_redis(dead_client: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     store = CountingWakeups(dead_client, "unreachable")
     pump = WakeupPump(store, Recorder(), poll_interval=0.01)
-    with caplog.at_level(logging.WARNING, logger="continuum_celery.wakeups"):
+    with caplog.at_level(logging.WARNING, logger="continuum_celery.wakeup_pump"):
         pump.start()
         try:
             assert wait_until(lambda: store.attempts >= 3)

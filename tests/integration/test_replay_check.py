@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from continuum_celery.cli import main as cli
-from continuum_celery.journal.sql_base import read_only_engine
+from continuum_celery.journal.sql_engine import read_only_engine
 from continuum_celery.replay_check import check_histories, export_history, read_histories
 from continuum_celery.testing import assert_replays
 from continuum_celery.versioning import Registry

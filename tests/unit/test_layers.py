@@ -24,7 +24,8 @@ LAYERS: list[list[str]] = [
     ["hashing", "runtime", "versioning", "activities", "workflows", "activity_context"],
     ["replay", "futures", "saga", "context", "snapshots"],
     ["journal.*"],
-    ["leases", "redis_guard", "wakeups", "notify", "routing", "cache", "publisher", "dispatch", "canvas"],
+    ["leases", "redis_guard", "wakeups", "wakeup_pump", "notify", "routing", "cache", "publisher", "dispatch"]
+    + ["canvas"],
     ["supervisor", "executor", "stepper", "client"],
     ["tasks", "lifecycle", "wiring", "installer"],
     ["celeryconfig", "app", "embedded", "durable"],

@@ -15,7 +15,8 @@ import redis
 
 from continuum_celery.errors import InvalidArgument
 from continuum_celery.notify import LocalNotifier
-from continuum_celery.wakeups import LocalWakeups, WakeupPump, Wakeups
+from continuum_celery.wakeup_pump import WakeupPump
+from continuum_celery.wakeups import LocalWakeups, Wakeups
 
 DEADLINE = 10.0
 
@@ -200,7 +201,7 @@ def test_run_once_reschedules_a_member_whose_dispatch_raised(
         seen.append(member)
 
     pump = WakeupPump(wakeups, dispatch, clock=clock, retry_delay=1.0)
-    with caplog.at_level(logging.ERROR, logger="continuum_celery.wakeups"):
+    with caplog.at_level(logging.ERROR, logger="continuum_celery.wakeup_pump"):
         assert pump.run_once() == 1
 
     assert seen == ["good"]
@@ -276,7 +277,7 @@ def test_pump_thread_survives_an_outage_and_logs_it_once(
     done = threading.Event()
     store.inner.schedule("run:y", time.time())
     pump = WakeupPump(store, lambda member: done.set(), poll_interval=0.01)
-    with caplog.at_level(logging.INFO, logger="continuum_celery.wakeups"):
+    with caplog.at_level(logging.INFO, logger="continuum_celery.wakeup_pump"):
         pump.start()
         try:
             assert done.wait(DEADLINE)
