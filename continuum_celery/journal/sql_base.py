@@ -34,9 +34,10 @@ from .schema import (
     check_schema,
     runs,
 )
+from .sql_clock import Clock
 from .sql_engine import PIPELINE_KEY, make_engine, read_only_engine
 from .sql_errors import database_errors, escaped_error, translate_errors
-from .sql_statements import PIPELINED, Clock, StepStatements
+from .sql_statements import PIPELINED, StepStatements
 from .task_rules import close_in
 
 _QUEUED = {PIPELINED: True}

@@ -1,14 +1,10 @@
-"""The journal's clock in SQL, and the statements of the per-step path, built once.
+"""The statements of the per-step path, built once (the clock they use: ``sql_clock``).
 
 SQLAlchemy spends longer building a Core statement and computing its cache key
 than PostgreSQL spends running it (about 0.45 ms against 0.15 ms for a one-row
 UPDATE here). The statements every step runs are therefore built once per
 journal with bound parameters (``p_*``; task and event rows pass their columns
 by name), so executing one costs a cache lookup.
-
-The clock is the database's: ``now()`` on PostgreSQL; on SQLite the local
-clock as SQLite reads it, in the text form SQLAlchemy stores datetimes in, so
-stored and computed times compare as text.
 """
 
 from __future__ import annotations
@@ -20,55 +16,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..states import RUNNABLE, TERMINAL
 from .run_rules import CHILD_OUTCOMES
-from .schema import UTCDateTime, activity_results, activity_tasks, events, runs, signals, snapshots, timers
-
-#: SQLite's clock in SQLAlchemy's stored datetime text (SQLite gives milliseconds; the zeros pad to micro).
-_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f"
-
-
-class Clock:
-    """``now`` and ``now + seconds`` as SQL expressions of the journal's database."""
-
-    def __init__(self, is_sqlite: bool) -> None:
-        self.is_sqlite = is_sqlite
-        sqlite_now = sa.literal_column(f"strftime('{_SQLITE_FORMAT}', 'now') || '000'", UTCDateTime())
-        self.now: Any = sqlite_now if is_sqlite else sa.func.now()
-
-    def after(self, seconds: Any) -> Any:
-        """``now`` plus ``seconds`` (a number, or a SQL expression of a number: a ``bindparam``, a column)."""
-        return self.shift(None, seconds)
-
-    def shift(self, base: Any, seconds: Any) -> Any:
-        """``base`` (a time column; None: now) plus ``seconds``."""
-        if not isinstance(seconds, sa.ColumnElement):
-            seconds = sa.bindparam(None, float(seconds), type_=sa.Float())
-        if self.is_sqlite:
-            start = "now" if base is None else base
-            stamp = sa.func.strftime(_SQLITE_FORMAT, start, sa.func.printf("%+.6f seconds", seconds))
-            return sa.type_coerce(stamp.op("||")(sa.literal("000")), UTCDateTime())
-        return (sa.func.now() if base is None else base) + sa.literal_column("interval '1 second'") * seconds
-
-    def earliest(self, *times: Any) -> Any:
-        """The earliest of non-null times (SQLite's scalar ``min``, PostgreSQL's ``LEAST``)."""
-        return (sa.func.min if self.is_sqlite else sa.func.least)(*times)
-
-    def latest(self, *times: Any) -> Any:
-        """The latest of non-null times."""
-        return (sa.func.max if self.is_sqlite else sa.func.greatest)(*times)
-
-    def attempt_lease(self, timeout: Any, heartbeat_timeout: Any, schedule_to_close: Any, created_at: Any) -> Any:
-        """When an attempt claimed now counts as lost: after its timeout, its heartbeat timeout or the end of
-        its ``schedule_to_close`` (counted from ``created_at``, never before now), whichever comes first.
-
-        Every argument is a SQL expression (columns of the task row, or parameters), so a claim sets its
-        lease in the statement that claims it.
-        """
-        limit = self.after(timeout)
-        beat = sa.case((heartbeat_timeout > 0, self.after(heartbeat_timeout)), else_=limit)
-        close = sa.case(
-            (schedule_to_close > 0, self.latest(self.shift(created_at, schedule_to_close), self.now)), else_=limit
-        )
-        return sa.type_coerce(self.earliest(limit, beat, close), UTCDateTime())
+from .schema import activity_results, activity_tasks, events, runs, signals, snapshots, timers
+from .sql_clock import Clock
 
 
 def _p(name: str, type_: Any = None) -> Any:
@@ -118,10 +67,60 @@ def _poke(which: Any, now: Any) -> Any:
     )
 
 
+# What the claimed run has to resolve, read in the claim itself, so a step only queries what is there.
+# The claimed row's columns are spelled out: SQLite's UPDATE leaves column names unqualified, and
+# inside these subqueries a bare ``id`` would name the inner table's.
+_CLAIMED_ID: Any = sa.literal_column(f"{runs.name}.id")
+_CLAIMED_TOKEN: Any = sa.literal_column(f"{runs.name}.lease_token")  # RETURNING sees the new token
+_CHILD = runs.alias("child")
+_PENDING = {
+    "orphans": sa.exists().where(
+        activity_tasks.c.run_id == _CLAIMED_ID,
+        activity_tasks.c.state == "running",
+        activity_tasks.c.run_lease_token < _CLAIMED_TOKEN,
+    ),
+    "finished": sa.exists().where(
+        activity_tasks.c.run_id == _CLAIMED_ID,
+        activity_tasks.c.state.in_(("completed", "failed")),
+        activity_tasks.c.outcome_seq.is_(None),
+    ),
+    "waits": sa.exists().where(timers.c.run_id == _CLAIMED_ID, timers.c.state == "pending"),
+    "children": sa.exists().where(
+        _CHILD.c.parent_run_id == _CLAIMED_ID,
+        _CHILD.c.state.in_(tuple(CHILD_OUTCOMES)),
+        _CHILD.c.reported_to_parent.is_(False),
+    ),
+}
+
+# What a commit reads of the run it holds (fewer columns: less to describe and decode per step).
+_HELD = (
+    runs.c.id,
+    runs.c.workflow,
+    runs.c.state,
+    runs.c.lease_token,
+    runs.c.wake_seq,
+    runs.c.last_seq,
+    runs.c.cancel_requested_at,
+    runs.c.trace_context,
+    runs.c.correlation_id,
+    runs.c.parent_run_id,
+    runs.c.parent_command_id,
+)
+
+
 class StepStatements:
     """Prebuilt statements of claiming, resolving and committing a step (see the module docstring)."""
 
     def __init__(self, clock: Clock) -> None:
+        self._claims(clock)
+        self._resolution(clock)
+        self._cancels(clock)
+        self._attempts(clock)
+        self._writes(clock)
+        self._step_ends(clock)
+
+    def _claims(self, clock: Clock) -> None:
+        """Claiming a run, reading it, and taking it back at a commit."""
         now, run_id = clock.now, _p("run")
         claimable = sa.or_(
             sa.and_(
@@ -131,30 +130,6 @@ class StepStatements:
             ),
             sa.and_(runs.c.state == "running", runs.c.lease_expires_at < now),
         )
-        # What the claimed run has to resolve, read in the claim itself, so a step only queries what is there.
-        # The claimed row's columns are spelled out: SQLite's UPDATE leaves column names unqualified, and
-        # inside these subqueries a bare ``id`` would name the inner table's.
-        claimed_id: Any = sa.literal_column(f"{runs.name}.id")
-        claimed_token: Any = sa.literal_column(f"{runs.name}.lease_token")  # RETURNING sees the new token
-        child = runs.alias("child")
-        pending = {
-            "orphans": sa.exists().where(
-                activity_tasks.c.run_id == claimed_id,
-                activity_tasks.c.state == "running",
-                activity_tasks.c.run_lease_token < claimed_token,
-            ),
-            "finished": sa.exists().where(
-                activity_tasks.c.run_id == claimed_id,
-                activity_tasks.c.state.in_(("completed", "failed")),
-                activity_tasks.c.outcome_seq.is_(None),
-            ),
-            "waits": sa.exists().where(timers.c.run_id == claimed_id, timers.c.state == "pending"),
-            "children": sa.exists().where(
-                child.c.parent_run_id == claimed_id,
-                child.c.state.in_(tuple(CHILD_OUTCOMES)),
-                child.c.reported_to_parent.is_(False),
-            ),
-        }
         self.claim_run = (
             runs.update()
             .where(runs.c.id == run_id, claimable)
@@ -166,24 +141,10 @@ class StepStatements:
                 dispatched_at=None,
                 updated_at=now,
             )
-            .returning(*runs.c, now.label("db_now"), *(flag.label(f"has_{name}") for name, flag in pending.items()))
+            .returning(*runs.c, now.label("db_now"), *(flag.label(f"has_{name}") for name, flag in _PENDING.items()))
         )
         self.run_by_id = sa.select(runs).where(runs.c.id == run_id)
-        # What a commit reads of the run it holds (fewer columns: less to describe and decode per step).
-        held = (
-            runs.c.id,
-            runs.c.workflow,
-            runs.c.state,
-            runs.c.lease_token,
-            runs.c.wake_seq,
-            runs.c.last_seq,
-            runs.c.cancel_requested_at,
-            runs.c.trace_context,
-            runs.c.correlation_id,
-            runs.c.parent_run_id,
-            runs.c.parent_command_id,
-        )
-        self.lock_run = sa.select(*held).where(runs.c.id == run_id).with_for_update()
+        self.lock_run = sa.select(*_HELD).where(runs.c.id == run_id).with_for_update()
         # A commit's first statement: lock the run, check the caller's token, and move last_seq past the
         # events the commit appends (their number is known up front). When the lease is kept it is also
         # the run row's only write; it leaves indexed columns alone, so the update stays in place (HOT).
@@ -191,8 +152,12 @@ class StepStatements:
             runs.update()
             .where(runs.c.id == run_id, runs.c.lease_token == _p("token"), runs.c.state == "running")
             .values(last_seq=runs.c.last_seq + _p("appended"), dispatched_at=None, updated_at=now)
-            .returning(*held, now.label("db_now"))
+            .returning(*_HELD, now.label("db_now"))
         )
+
+    def _resolution(self, clock: Clock) -> None:
+        """What a claim reads and marks as it resolves outcomes."""
+        now, run_id = clock.now, _p("run")
         # Number the run's finished, unrecorded tasks in the order they ended, from ``p_base + 1``: the seqs
         # of their outcome events, set and returned in one statement.
         ranked = (
@@ -251,6 +216,10 @@ class StepStatements:
             )
             .order_by(runs.c.updated_at, runs.c.id)
         )
+
+    def _cancels(self, clock: Clock) -> None:
+        """Snapshots, parent locks, and what a cancel or an end drops."""
+        now, run_id = clock.now, _p("run")
         self.latest_snapshot = (
             sa.select(snapshots.c.state).where(snapshots.c.run_id == run_id).order_by(snapshots.c.seq.desc()).limit(1)
         )
@@ -275,6 +244,10 @@ class StepStatements:
                 activity_tasks.c.attempt,
             )
         )
+
+    def _attempts(self, clock: Clock) -> None:
+        """Claiming and ending an activity attempt, and waking its run."""
+        now, run_id = clock.now, _p("run")
         tasks = activity_tasks.c
         self.claim_task = (
             activity_tasks.update()
@@ -331,6 +304,10 @@ class StepStatements:
             poked = _poke(runs.c.id.in_(sa.select(done.c.run_id)), now).cte("poked")
             woken = (done.c.run_id, poked.c.workflow, poked.c.version_hash, poked.c.sent)
             self.complete_and_poke = sa.select(*woken).select_from(done.outerjoin(poked, sa.true()))
+
+    def _writes(self, clock: Clock) -> None:
+        """Heartbeats, abandoned attempts, event and run rows."""
+        now, run_id = clock.now, _p("run")
         self.heartbeat_lease = (
             activity_tasks.update()
             .where(activity_tasks.c.id == _p("task"))
@@ -360,6 +337,10 @@ class StepStatements:
             .returning(*runs.c)
         )
         self.stored_result = sa.select(activity_results.c.result).where(activity_results.c.idempotency_key == _p("key"))
+
+    def _step_ends(self, clock: Clock) -> None:
+        """Task rows, and the run row that closes a step."""
+        now, run_id = clock.now, _p("run")
         # Task rows pass their columns by name; the times are the database's.
         self.insert_task = _pipelined(activity_tasks.insert().values(dispatched_at=now, created_at=now, updated_at=now))
         self.insert_running_task = _pipelined(activity_tasks.insert()).values(
@@ -401,5 +382,5 @@ class StepStatements:
                     "next_wakeup_at": due,
                 }
             )
-            .returning(*held, now.label("db_now"), runs.c.next_wakeup_at)
+            .returning(*_HELD, now.label("db_now"), runs.c.next_wakeup_at)
         )
