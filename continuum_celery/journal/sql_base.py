@@ -43,6 +43,13 @@ from .task_rules import close_in
 _QUEUED = {PIPELINED: True}
 
 
+def woken_run(row: Any, run_id: str) -> Dispatch | None:
+    """The replay to send for a poke's row (workflow, version_hash, sent), if the poke marked it dispatched."""
+    if row is None or not row.sent:
+        return None
+    return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash)
+
+
 def run_record(row: Any) -> RunRecord:
     return RunRecord(
         id=row.id,
@@ -232,10 +239,7 @@ class SQLBase:
 
     def _poke(self, conn: sa.Connection, run_id: str) -> Dispatch | None:
         """Note new input for a run; return a dispatch if nobody is about to look at it."""
-        row = conn.execute(self.sql.poke, {"p_run": run_id}).first()
-        if row is None or not row.sent:
-            return None
-        return Dispatch("replay", run_id, label=row.workflow, version_hash=row.version_hash)
+        return woken_run(conn.execute(self.sql.poke, {"p_run": run_id}).first(), run_id)
 
     def _cancel_descendants(self, conn: sa.Connection, run_id: str) -> list[Dispatch]:
         """Ask every live descendant of ``run_id`` (children, their children...) to stop, and wake each.

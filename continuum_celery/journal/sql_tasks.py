@@ -23,9 +23,7 @@ from .schema import (
     signals,
     timers,
 )
-from .sql_base import (
-    SQLBase,
-)
+from .sql_base import SQLBase, woken_run
 from .task_rules import (
     attempt_liveness,
     close_in,
@@ -62,7 +60,7 @@ class TasksMixin(SQLBase):
                 row = conn.execute(self.sql.complete_and_poke, params).first()
             if row is None:
                 return ActivityOutcome("stale")
-            woke = row.sent and Dispatch("replay", claim.run_id, label=row.workflow, version_hash=row.version_hash)
+            woke = woken_run(row, claim.run_id)
             return ActivityOutcome("completed", [woke] if woke else [])
         with self._tx() as conn:
             if error is None:
